@@ -1,0 +1,65 @@
+# One entry point for every routine task. `make run` and `make test` work on a fresh
+# machine: they create .venv and install the pinned stack (torch's CPU build first).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(shell find protos -name '*.proto')
+
+.PHONY: help venv run test test-unit test-integration lint format proto proto-check data bench clean
+
+help:
+	@echo "make run      start the whole stack locally and print recommendations (Ctrl-C stops it)"
+	@echo "make test     create the environment if needed and run every test"
+	@echo "make lint     ruff + mypy"
+	@echo "make proto    regenerate gRPC code from protos/"
+	@echo "make bench    run the benchmarks under bench/"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, from the CPU build; the constraint stops anything pulling the CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	PIP_CONSTRAINT=constraints.txt $(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m recsys.devstack
+
+test: $(STAMP) proto-check
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration tests/e2e
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+proto: $(STAMP)
+	$(PY) -m recsys.protogen shared
+
+# Regenerates into a scratch folder and fails if the committed code differs.
+proto-check: $(STAMP)
+	$(PY) -m recsys.protogen --check shared
+
+data: $(STAMP)
+	$(PY) -m recsys.data.movielens
+
+bench: $(STAMP)
+	@echo "benchmarks arrive with their issues; see bench/"
+
+clean:
+	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The recommender's services, one package each: feature, inference, indexer, ranking, trainer."""

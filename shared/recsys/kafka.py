@@ -1,0 +1,155 @@
+"""Kafka clients configured once: producers, consumers and the dead-letter sink."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
+
+from recsys.events import DeadLetter
+from recsys.settings import KafkaSettings
+from recsys.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(RuntimeError):
+    """The Kafka broker named by RECSYS_KAFKA_BOOTSTRAP_SERVERS cannot be reached."""
+
+
+def _base_config(settings: KafkaSettings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "security.protocol": settings.security_protocol,
+        "client.id": "recsys",
+    }
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> Producer:
+    config = _base_config(settings) | {
+        "linger.ms": 5,
+        "acks": "all",
+        "compression.type": "none",
+        # Redelivered events are deduplicated by event_id downstream, so plain retries suffice.
+        "enable.idempotence": False,
+    }
+    return Producer(config | overrides)
+
+
+def make_consumer(
+    settings: KafkaSettings,
+    group_id: str,
+    **overrides: Any,
+) -> Consumer:
+    """A group consumer reading from the earliest offset when it has none committed.
+
+    Offsets are committed explicitly, and only by services whose state outlives them;
+    services that rebuild in-memory state from compacted topics never commit, so every
+    start replays those topics from the beginning.
+    """
+    config = _base_config(settings) | {
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": settings.heartbeat_interval_ms,
+        "max.poll.interval.ms": max(300_000, settings.session_timeout_ms),
+    }
+    return Consumer(config | overrides)
+
+
+def wait_for_broker(settings: KafkaSettings, timeout_s: float = 30.0) -> None:
+    """Block until the broker answers a metadata request, or raise BrokerUnavailable."""
+    admin = AdminClient(_base_config(settings))
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            last_error = exc
+            time.sleep(0.2)
+    raise BrokerUnavailable(
+        f"Kafka broker at {settings.bootstrap_servers!r} did not answer within {timeout_s:.0f}s"
+        f" (set RECSYS_KAFKA_BOOTSTRAP_SERVERS): {last_error}"
+    )
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    key: str | bytes | None,
+    value: bytes | None,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+) -> None:
+    """Produce, waiting for queue space instead of failing when the local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            producer.poll(0)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
+def message_error(message: Message) -> KafkaError | None:
+    """The message's error, ignoring end-of-partition notices."""
+    error = message.error()
+    if error is None or error.code() == KafkaError._PARTITION_EOF:
+        return None
+    return error
+
+
+class DeadLetterSink:
+    """Sends messages that cannot be used to the dead-letter topic, with the reason."""
+
+    def __init__(self, producer: Producer, topics: Topics, service: str) -> None:
+        self._producer = producer
+        self._topic = topics.dead_letter
+        self._service = service
+        self.count = 0
+
+    def send(
+        self,
+        *,
+        reason: str,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+    ) -> None:
+        letter = DeadLetter(
+            event_id=f"{source_topic}:{partition}:{offset}",
+            reason=reason[:2_000],
+            source_topic=source_topic,
+            partition=partition,
+            offset=offset,
+            service=self._service,
+            original_value_b64=base64.b64encode(value or b"").decode("ascii"),
+            failed_at=time.time(),
+        )
+        produce(self._producer, self._topic, key, letter.to_bytes())
+        self.count += 1
+        log.warning(
+            "dead-lettered message",
+            extra={"reason": reason, "topic": source_topic, "partition": partition,
+                   "offset": offset},
+        )
+
+    def send_message(self, message: Message, reason: str) -> None:
+        self.send(
+            reason=reason,
+            source_topic=message.topic() or "",
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+            key=message.key(),
+            value=message.value(),
+        )

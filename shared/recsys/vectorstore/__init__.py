@@ -1,0 +1,19 @@
+"""Vector store: one interface, two Qdrant backends (embedded engine, server client)."""
+
+from recsys.vectorstore.base import (
+    CollectionNotFound,
+    Filter,
+    Range,
+    SearchHit,
+    VectorRecord,
+    VectorStore,
+)
+
+__all__ = [
+    "CollectionNotFound",
+    "Filter",
+    "Range",
+    "SearchHit",
+    "VectorRecord",
+    "VectorStore",
+]
