@@ -113,6 +113,7 @@ class UserSequence(_Event):
     exclude them from rankings; it is longer than ``entries``.
     """
 
+    event_id: Identifier
     user_id: Identifier
     entries: list[SequenceEntry]
     seen_item_ids: list[Identifier] = Field(default_factory=list)
@@ -135,6 +136,7 @@ def decode_vector(encoded: str) -> np.ndarray:
 
 
 class _VectorEvent(_Event):
+    event_id: Identifier
     vector: str = Field("", description="base64 of little-endian float32; empty if deleted")
     model_version: str
 
@@ -164,6 +166,7 @@ class ItemVector(_VectorEvent):
     """Topic ``item-vectors``, key ``item_id``. ``deleted`` removes it from the index."""
 
     item_id: Identifier
+    timestamp: Timestamp = Field(description="time of the catalogue change or training run")
     payload: dict[str, Any] = Field(default_factory=dict)
     deleted: bool = False
 
@@ -177,6 +180,7 @@ class ItemVector(_VectorEvent):
 class ModelUpdate(_Event):
     """Topic ``model-updates``, key the model name: a new version is ready to serve."""
 
+    event_id: Identifier
     model_name: Identifier
     version: Identifier
     artifact_path: str = Field(min_length=1, description="folder of the version's artifact")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import logging.config
 import sys
-import time
 from typing import Any
 
 # Set by handlers for the duration of one event or request.
@@ -34,20 +34,33 @@ class JsonFormatter(logging.Formatter):
         if cid is not None:
             entry["id"] = cid
         for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+            if key not in _STANDARD_ATTRS and not key.startswith("_") and value != "":
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
 
+_QUIET_LOGGERS = ("aiokafka", "faust", "mode", "httpx", "urllib3", "grpc")
+
+
+def logging_config(service: str, level: str = "INFO") -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` that routes every logger through one JSON handler.
+
+    Also handed to frameworks that configure logging themselves (faust's worker).
+    """
+    quiet_level = max(logging.WARNING, logging.getLevelName(level.upper()))
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter, "service": service}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stderr}
+        },
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {name: {"level": quiet_level} for name in _QUIET_LOGGERS},
+    }
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
-    """Route every logger, third-party ones included, through one JSON handler on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("aiokafka", "faust", "mode", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    logging.Formatter.converter = time.gmtime
+    logging.config.dictConfig(logging_config(service, level))

@@ -1,0 +1,1 @@
+"""Feature service: keeps each user's recent interactions and publishes them."""
