@@ -30,7 +30,7 @@ MAX_EVENT_BYTES = 1_000_000
 
 Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 # Seconds since the epoch, 1970 .. 2100 (MovieLens dates from 1997).
-Timestamp = Annotated[float, Field(ge=0, le=4_102_444_800, allow_inf_nan=False)]
+Timestamp = Annotated[float, Field(ge=0, le=4_102_444_800, allow_inf_nan=False, strict=True)]
 
 
 class _Event(BaseModel):
@@ -49,7 +49,10 @@ class InteractionEvent(_Event):
     event_type: EventType
     timestamp: Timestamp
     value: float | None = Field(
-        None, allow_inf_nan=False, description="rating value, price paid, watch time, ..."
+        None,
+        allow_inf_nan=False,
+        strict=True,
+        description="rating value, price paid, watch time, ...",
     )
 
 
@@ -83,8 +86,8 @@ class ItemEvent(_Event):
             parts.append(", ".join(self.categories))
         if self.description:
             parts.append(self.description)
-        parts.extend(f"{k}: {v}" for k, v in sorted(self.attributes.items()))
-        return ". ".join(p for p in parts if p)
+        parts.extend(f"{k}: {_format_attribute(v)}" for k, v in sorted(self.attributes.items()))
+        return ". ".join(p.rstrip(". ") for p in parts if p.strip(". "))
 
     def payload(self) -> dict[str, Any]:
         """What the vector store keeps beside the vector, for filters and display."""
@@ -94,6 +97,10 @@ class ItemEvent(_Event):
             "categories": list(self.categories),
             **{f"attr_{k}": v for k, v in self.attributes.items()},
         }
+
+
+def _format_attribute(value: AttributeValue) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 class SequenceEntry(BaseModel):
@@ -193,6 +200,7 @@ class ModelUpdate(_Event):
 class DeadLetter(_Event):
     """Topic ``dead-letter``, key the original key: a message no consumer could use."""
 
+    event_id: Identifier = Field(description="<source topic>:<partition>:<offset>")
     reason: str
     source_topic: str
     partition: int
