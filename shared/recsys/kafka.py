@@ -56,7 +56,6 @@ def make_consumer(
         "group.id": group_id,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": settings.heartbeat_interval_ms,
         "max.poll.interval.ms": max(300_000, settings.session_timeout_ms),
@@ -99,12 +98,16 @@ def produce(
             producer.poll(0.1)
 
 
-def message_error(message: Message) -> KafkaError | None:
-    """The message's error, ignoring end-of-partition notices."""
-    error = message.error()
-    if error is None or error.code() == KafkaError._PARTITION_EOF:
-        return None
-    return error
+def usable(messages: list[Message]) -> list[Message]:
+    """The messages that carry data; consumer errors are logged (librdkafka retries them)."""
+    good = []
+    for message in messages:
+        error = message.error()
+        if error is None:
+            good.append(message)
+        elif error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error", extra={"error": str(error)})
+    return good
 
 
 class DeadLetterSink:

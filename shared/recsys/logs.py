@@ -42,6 +42,8 @@ class JsonFormatter(logging.Formatter):
 
 
 _QUIET_LOGGERS = ("aiokafka", "faust", "mode", "httpx", "urllib3", "grpc")
+# Back-pressure notices that say the system is working as designed, not that it is failing.
+_SILENCED_LOGGERS = ("faust.transport.producer",)
 
 
 def logging_config(service: str, level: str = "INFO") -> dict[str, Any]:
@@ -58,7 +60,10 @@ def logging_config(service: str, level: str = "INFO") -> dict[str, Any]:
             "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stderr}
         },
         "root": {"level": level.upper(), "handlers": ["stderr"]},
-        "loggers": {name: {"level": quiet_level} for name in _QUIET_LOGGERS},
+        "loggers": {
+            **{name: {"level": quiet_level} for name in _QUIET_LOGGERS},
+            **{name: {"level": "ERROR"} for name in _SILENCED_LOGGERS},
+        },
     }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 from recsys.devstack.ports import free_port, wait_for_port, wait_for_port_closed
+from recsys.devstack.supervisor import die_with_parent
 
 
 class MissingDependency(RuntimeError):
@@ -63,6 +64,7 @@ class LocalBroker:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         try:
             wait_for_port(self.port, timeout_s)

@@ -8,6 +8,7 @@ from recsys.vectorstore.base import (
     VectorRecord,
     VectorStore,
 )
+from recsys.vectorstore.factory import open_store
 
 __all__ = [
     "CollectionNotFound",
@@ -16,4 +17,5 @@ __all__ = [
     "SearchHit",
     "VectorRecord",
     "VectorStore",
+    "open_store",
 ]

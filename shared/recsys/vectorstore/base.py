@@ -100,4 +100,7 @@ class VectorStore(Protocol):
 
     def count(self, collection: str) -> int: ...
 
+    def optimize(self, collection: str) -> None:
+        """Build the search index after a bulk load, before an alias points readers at it."""
+
     def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Indexer: the only writer to the vector store; replays the vector topics into it."""

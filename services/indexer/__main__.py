@@ -1,0 +1,38 @@
+"""Entry point: ``python -m services.indexer``, for a Qdrant server (own deployment)."""
+
+from __future__ import annotations
+
+import logging
+
+from recsys.kafka import wait_for_broker
+from recsys.lifecycle import stop_on_signals
+from recsys.logs import setup_logging
+from recsys.observability import HealthServer
+from recsys.vectorstore.factory import open_store
+from services.indexer.settings import IndexerSettings
+from services.indexer.writer import IndexWriter
+
+log = logging.getLogger("services.indexer")
+
+
+def main() -> None:
+    settings = IndexerSettings()
+    setup_logging("indexer", settings.obs.log_level)
+    stop = stop_on_signals()
+    wait_for_broker(settings.kafka)
+    store = open_store(settings.store)
+    writer = IndexWriter(store, settings)
+    health = None
+    if settings.obs.http_port:
+        health = HealthServer(settings.obs.http_port, lambda: True).start()
+    try:
+        writer.run(stop)
+    finally:
+        writer.close()
+        store.close()
+        if health:
+            health.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Kafka vector topics -> vector store, in batches, at least once.
+
+Offsets of the vector topics are committed only after the store holds the batch, and
+writes are idempotent (upserts by id), so a crash replays at most one batch. Model
+announcements are re-read from the beginning at every start (one small partition), so
+a version whose collection was still filling when the process stopped is still promoted.
+A version's collection becomes the ``items`` alias target only once it holds every item
+the announcement counts: readers never see a half-built catalogue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from recsys.events import InvalidEvent, ItemVector, ModelUpdate, UserVector, parse_event
+from recsys.kafka import DeadLetterSink, make_consumer, make_producer, usable
+from recsys.topics import Topics
+from recsys.vectorstore import VectorRecord, VectorStore
+from services.indexer.settings import IndexerSettings
+
+log = logging.getLogger(__name__)
+
+WRITES = Counter("recsys_indexer_writes_total", "Records written", ["kind"])
+BATCH_SECONDS = Histogram("recsys_indexer_batch_seconds", "Time to write one batch")
+SERVING = Gauge("recsys_indexer_serving_version", "Version behind the items alias")
+
+ITEM_PREFIX = "items_"
+KEYWORD_FIELDS = ("categories",)
+
+
+def version_number(version: str) -> int:
+    digits = version.lstrip("v")
+    return int(digits) if digits.isdigit() else -1
+
+
+def items_collection(version: str) -> str:
+    return f"{ITEM_PREFIX}{version}"
+
+
+@dataclass
+class _Batch:
+    items: dict[str, dict[str, ItemVector]] = field(default_factory=dict)  # version -> id -> ev
+    users: dict[str, UserVector] = field(default_factory=dict)
+    updates: list[ModelUpdate] = field(default_factory=list)
+
+
+class IndexWriter:
+    def __init__(
+        self, store: VectorStore, settings: IndexerSettings, producer: Producer | None = None
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._topics = Topics.from_settings(settings.kafka)
+        self._producer = producer or make_producer(settings.kafka)
+        self._dead_letters = DeadLetterSink(self._producer, self._topics, "indexer")
+        self._vectors: Consumer = make_consumer(settings.kafka, settings.group_id)
+        self._vectors.subscribe([self._topics.item_vectors, self._topics.user_vectors])
+        # Announcements: read whole at every start, never committed.
+        self._updates: Consumer = make_consumer(
+            settings.kafka, f"{settings.group_id}-updates-{uuid.uuid4().hex[:8]}"
+        )
+        self._updates.assign([TopicPartition(self._topics.model_updates, 0, OFFSET_BEGINNING)])
+        self._announced: dict[str, ModelUpdate] = {}
+        self.serving_version: str | None = self._current_serving()
+
+    def _current_serving(self) -> str | None:
+        alias = self._settings.items_alias
+        if not self._store.collection_exists(alias):
+            return None
+        return self._store.resolve(alias).removeprefix(ITEM_PREFIX)
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("indexer started", extra={"serving": self.serving_version})
+        while not stop.is_set():
+            self.run_once()
+
+    def run_once(self) -> int:
+        wait_s = max(self._settings.max_wait_ms / 1000, 0.001)
+        messages = usable(self._updates.consume(100, 0.001))
+        vector_messages = usable(self._vectors.consume(self._settings.batch_size, wait_s))
+        messages.extend(vector_messages)
+        if not messages:
+            self._promote_complete_versions()
+            return 0
+        with BATCH_SECONDS.time():
+            self._write(self._parse(messages))
+            self._promote_complete_versions()
+        if vector_messages:
+            self._vectors.commit(asynchronous=False)
+        self._producer.poll(0)
+        return len(messages)
+
+    def _parse(self, messages: list[Message]) -> _Batch:
+        batch = _Batch()
+        for message in messages:
+            topic = message.topic()
+            try:
+                if topic == self._topics.item_vectors:
+                    item = parse_event(ItemVector, message.value())
+                    batch.items.setdefault(item.model_version, {})[item.item_id] = item
+                elif topic == self._topics.user_vectors:
+                    user = parse_event(UserVector, message.value())
+                    known = batch.users.get(user.user_id)
+                    if known is None or known.event_timestamp <= user.event_timestamp:
+                        batch.users[user.user_id] = user
+                elif topic == self._topics.model_updates:
+                    batch.updates.append(parse_event(ModelUpdate, message.value()))
+            except InvalidEvent as exc:
+                self._dead_letters.send_message(message, str(exc))
+        return batch
+
+    def _write(self, batch: _Batch) -> None:
+        for update in batch.updates:
+            self._announced[update.version] = update
+            self._store.create_collection(
+                items_collection(update.version), update.vector_size, KEYWORD_FIELDS
+            )
+        for version, items in batch.items.items():
+            live = [i for i in items.values() if not i.deleted]
+            deleted = [i.item_id for i in items.values() if i.deleted]
+            collection = items_collection(version)
+            if live:
+                self._store.create_collection(collection, live[0].array().shape[0], KEYWORD_FIELDS)
+                self._store.upsert(
+                    collection,
+                    [VectorRecord(i.item_id, i.array(), i.payload) for i in live],
+                )
+                WRITES.labels("item").inc(len(live))
+            if deleted and self._store.collection_exists(collection):
+                self._store.delete(collection, deleted)
+                WRITES.labels("item_deleted").inc(len(deleted))
+        if batch.users:
+            users = list(batch.users.values())
+            name = self._settings.users_collection
+            self._store.create_collection(name, users[0].array().shape[0])
+            self._store.upsert(name, [self._user_record(u) for u in users])
+            WRITES.labels("user").inc(len(users))
+
+    @staticmethod
+    def _user_record(user: UserVector) -> VectorRecord:
+        return VectorRecord(
+            user.user_id,
+            user.array(),
+            {
+                "user_id": user.user_id,
+                "model_version": user.model_version,
+                "seen_item_ids": list(user.seen_item_ids),
+                "recent_item_ids": list(user.recent_item_ids),
+                "event_timestamp": user.event_timestamp,
+            },
+        )
+
+    def _promote_complete_versions(self) -> None:
+        current = version_number(self.serving_version) if self.serving_version else -1
+        candidates = sorted(
+            (u for u in self._announced.values() if version_number(u.version) > current),
+            key=lambda u: version_number(u.version),
+            reverse=True,
+        )
+        for update in candidates:
+            collection = items_collection(update.version)
+            if self._store.count(collection) < update.item_count:
+                continue
+            self._store.optimize(collection)
+            self._store.set_alias(self._settings.items_alias, collection)
+            self.serving_version = update.version
+            SERVING.set(version_number(update.version))
+            log.info("items alias switched", extra={"version": update.version,
+                                                    "items": update.item_count})
+            self._drop_old_versions()
+            return
+
+    def _drop_old_versions(self) -> None:
+        versions = sorted(
+            (c for c in self._store.list_collections() if c.startswith(ITEM_PREFIX)),
+            key=lambda c: version_number(c.removeprefix(ITEM_PREFIX)),
+        )
+        serving = version_number(self.serving_version or "")
+        older = [c for c in versions if version_number(c.removeprefix(ITEM_PREFIX)) <= serving]
+        for collection in older[: -self._settings.keep_versions]:
+            self._store.drop_collection(collection)
+            log.info("dropped old item collection", extra={"collection": collection})
+
+    def close(self) -> None:
+        self._vectors.close()
+        self._updates.close()
+        self._producer.flush(10)

@@ -1,0 +1,1 @@
+"""Inference service: user sequences and item text in, vectors out (ONNX Runtime)."""

@@ -1,0 +1,52 @@
+"""Entry point: ``python -m services.inference``."""
+
+from __future__ import annotations
+
+import logging
+
+from recsys.artifacts import ArtifactStore
+from recsys.kafka import make_consumer, make_producer, usable, wait_for_broker
+from recsys.lifecycle import stop_on_signals
+from recsys.logs import setup_logging
+from recsys.model.text_encoder import EmbeddingCache, TextEncoder
+from recsys.observability import HealthServer
+from services.inference.service import InferenceService
+from services.inference.settings import InferenceSettings
+
+log = logging.getLogger("services.inference")
+
+
+def main() -> None:
+    settings = InferenceSettings()
+    setup_logging("inference", settings.obs.log_level)
+    stop = stop_on_signals()
+    wait_for_broker(settings.kafka)
+    text_encoder = TextEncoder()
+    cache = EmbeddingCache(settings.text_cache_dir)
+    artifacts = ArtifactStore(settings.artifacts.root, settings.artifacts.model_name)
+    producer = make_producer(settings.kafka)
+    service = InferenceService(
+        settings, producer, artifacts, lambda texts: cache.encode(text_encoder, list(texts))
+    )
+    health = None
+    if settings.obs.http_port:
+        health = HealthServer(settings.obs.http_port, lambda: service.model is not None).start()
+    consumer = make_consumer(settings.kafka, settings.group_id)
+    consumer.subscribe(service.topics)
+    log.info("inference started", extra={"topics": service.topics})
+    wait_s = settings.max_wait_ms / 1000
+    try:
+        while not stop.is_set():
+            messages = usable(consumer.consume(settings.max_batch_size, wait_s or 0.001))
+            if messages:
+                service.handle(messages)
+    finally:
+        consumer.close()
+        producer.flush(10)
+        if health:
+            health.stop()
+        log.info("inference stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The ranking service: a grpc.aio server answering ``RankingService.Recommend``."""

@@ -1,0 +1,47 @@
+"""The training data, rebuilt by replaying ``interactions`` and ``items`` from the start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import Message
+
+from recsys.events import InteractionEvent, InvalidEvent, ItemEvent, parse_event
+from recsys.topics import Topics
+
+
+@dataclass
+class EventLog:
+    """Deduplicated interactions (by event_id) and the latest state of each item.
+
+    Invalid messages are skipped here: the services that own those topics (feature,
+    inference) already send them to the dead-letter topic.
+    """
+
+    topics: Topics
+    interactions: dict[str, InteractionEvent] = field(default_factory=dict)
+    items: dict[str, ItemEvent] = field(default_factory=dict)
+    skipped: int = 0
+
+    def add(self, message: Message) -> bool:
+        """Apply one message; True when it added a new interaction."""
+        try:
+            if message.topic() == self.topics.interactions:
+                event = parse_event(InteractionEvent, message.value())
+                if event.event_id in self.interactions:
+                    return False
+                self.interactions[event.event_id] = event
+                return True
+            if message.topic() == self.topics.items:
+                item = parse_event(ItemEvent, message.value())
+                known = self.items.get(item.item_id)
+                if known is None or known.timestamp <= item.timestamp:
+                    self.items[item.item_id] = item
+        except InvalidEvent:
+            self.skipped += 1
+        return False
+
+    def snapshot(self) -> tuple[list[InteractionEvent], dict[str, ItemEvent]]:
+        """A copy to train on while the log keeps growing; live items only."""
+        live = {item_id: item for item_id, item in self.items.items() if item.op == "upsert"}
+        return list(self.interactions.values()), live

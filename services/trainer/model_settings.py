@@ -1,0 +1,40 @@
+"""Hyperparameters of the foundation model (text item tower + recency-weighted user tower)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from recsys.events import EVENT_TYPES
+from recsys.model.text_encoder import DEFAULT_ENCODER
+
+
+def _default_type_weights() -> dict[str, float]:
+    # A purchase says more about taste than a view; ratings are explicit but frequent.
+    return {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rating": 1.0}
+
+
+class ModelSettings(BaseModel):
+    """Everything that changes the trained artifact; recorded in its manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    encoder_name: str = Field(DEFAULT_ENCODER, description="text encoder name or model folder")
+    max_seq_len: int = Field(50, ge=1, le=4096, description="recent interactions per user")
+    half_life: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="interactions until weight halves"
+    )
+    type_weights: dict[str, float] = Field(
+        default_factory=_default_type_weights, description="weight per event type (padding 0)"
+    )
+    text_batch_size: int = Field(64, ge=1, description="texts per text-encoder batch")
+    max_text_length: int = Field(128, ge=8, description="text-encoder token limit")
+
+    @field_validator("type_weights")
+    @classmethod
+    def _known_types(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = set(weights) - set(EVENT_TYPES)
+        if unknown:
+            raise ValueError(f"unknown event types {sorted(unknown)}; known: {EVENT_TYPES}")
+        if any(not (w >= 0 and w < float("inf")) for w in weights.values()):
+            raise ValueError("type weights must be finite and >= 0")
+        return {name: float(weights.get(name, 0.0)) for name in EVENT_TYPES}

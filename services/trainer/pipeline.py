@@ -1,0 +1,229 @@
+"""Train one model version from interactions and the catalogue, evaluate it, store it.
+
+The foundation model has no learned weights: items are their text embeddings and a user
+is the recency- and event-type-weighted mean of their recent items (see
+``recsys.model.user_encoder``). Evaluation runs through the *exported ONNX graph*, so the
+metrics in the manifest describe exactly the file that inference will serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.artifacts import ArtifactStore, Manifest
+from recsys.evaluation import ScoreFn, Split, Stage, evaluate, flatten_metrics, leave_one_out
+from recsys.events import EVENT_TYPE_IDS, InteractionEvent, ItemEvent
+from recsys.model.onnx_runtime import OnnxUserEncoder, export_user_encoder, pad_left
+from recsys.model.text_encoder import EmbeddingCache, TextEncoder
+from recsys.model.user_encoder import RecencyWeightedMean, type_weight_vector
+from services.trainer.model_settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+_TITLE_YEAR = re.compile(r"\((\d{4})\)\s*$")
+EVAL_BATCH_USERS = 256
+
+
+@dataclass(frozen=True)
+class TrainedVersion:
+    """The committed version, with the item data already in memory for publishing."""
+
+    manifest: Manifest
+    path: Path
+    item_ids: list[str]
+    item_vectors: np.ndarray
+    item_payloads: list[dict[str, Any]]
+
+
+def item_payload(item: ItemEvent) -> dict[str, Any]:
+    """The item's payload plus ``year`` when the title ends in "(1995)" and none is given."""
+    payload = item.payload()
+    match = _TITLE_YEAR.search(item.title)
+    if match and "year" not in payload:
+        payload["year"] = int(match.group(1))
+    return payload
+
+
+def prepare_interactions(
+    interactions: Sequence[InteractionEvent], items: Mapping[str, ItemEvent]
+) -> list[InteractionEvent]:
+    """Dedupe by event_id (first wins), stable-sort by time, drop unknown or deleted items."""
+    seen: set[str] = set()
+    unique = []
+    for event in interactions:
+        if event.event_id not in seen:
+            seen.add(event.event_id)
+            unique.append(event)
+    unique.sort(key=lambda e: e.timestamp)  # list.sort is stable
+    kept = [e for e in unique if e.item_id in items]
+    log.info(
+        "interactions prepared",
+        extra={
+            "received": len(interactions),
+            "duplicates": len(interactions) - len(unique),
+            "unknown_items": len(unique) - len(kept),
+            "kept": len(kept),
+        },
+    )
+    return kept
+
+
+class _OnnxScorer:
+    """Scores users against the catalogue with the exported user tower (evaluation only).
+
+    ``item_codes[p]`` and ``event_types[p]`` are the item index and event type id of the
+    prepared interaction at position ``p``; a user's history before a stage's target comes
+    from the split, so the model never sees the target or anything after it.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        item_codes: np.ndarray,
+        event_types: np.ndarray,
+        item_vectors: np.ndarray,
+        encoder: OnnxUserEncoder,
+    ) -> None:
+        self.split = split
+        self.item_codes = item_codes
+        self.event_types = event_types
+        self.item_vectors = item_vectors
+        self.encoder = encoder
+
+    def score_fn(self, stage: Stage) -> ScoreFn:
+        def score(users: np.ndarray) -> np.ndarray:
+            sequences = []
+            for user in users:
+                history = self.split.history_positions(int(user), stage)[-self.encoder.max_len :]
+                sequences.append(
+                    (self.item_vectors[self.item_codes[history]], self.event_types[history])
+                )
+            vectors, types = pad_left(sequences, self.encoder.max_len, self.encoder.dim)
+            scores: np.ndarray = self.encoder.encode(vectors, types) @ self.item_vectors.T
+            return scores
+
+        return score
+
+
+def train_version(
+    interactions: Sequence[InteractionEvent],
+    items: Mapping[str, ItemEvent],
+    artifacts: ArtifactStore,
+    settings: ModelSettings,
+    cache: EmbeddingCache | None = None,
+    *,
+    encoder: TextEncoder | None = None,
+) -> TrainedVersion:
+    """Build, evaluate and commit a new version; returns it (the store picks the number).
+
+    ``items`` maps item id -> latest catalogue event; deleted items are left out, and the
+    catalogue order of the mapping is the row order of the stored item vectors. Pass
+    ``encoder`` to reuse an already loaded text encoder.
+    """
+    started = time.perf_counter()
+    catalogue = [item for item_id, item in items.items() if item.op == "upsert"]
+    for item_id, item in items.items():
+        if item.item_id != item_id:
+            raise ValueError(f"items[{item_id!r}] holds item {item.item_id!r}")
+    if not catalogue:
+        raise ValueError("the catalogue has no live items")
+    live = {item.item_id: item for item in catalogue}
+    events = prepare_interactions(interactions, live)
+    item_ids = [item.item_id for item in catalogue]
+
+    # Item tower: text -> vector, through the cache when there is one.
+    step = time.perf_counter()
+    if encoder is None:
+        encoder = TextEncoder(
+            settings.encoder_name,
+            batch_size=settings.text_batch_size,
+            max_length=settings.max_text_length,
+        )
+    texts = [item.text() for item in catalogue]
+    item_vectors = cache.encode(encoder, texts) if cache is not None else encoder.encode(texts)
+    log.info(
+        "items encoded",
+        extra={"items": len(texts), "seconds": round(time.perf_counter() - step, 3)},
+    )
+
+    split = leave_one_out([(e.user_id, e.item_id, e.timestamp) for e in events], item_ids)
+    event_types = np.array([EVENT_TYPE_IDS[e.event_type] for e in events], dtype=np.int64)
+    item_codes = np.concatenate(split.sequences) if split.sequences else np.zeros(0, np.int64)
+    # item code of every prepared interaction, indexed by its position in ``events``
+    codes_by_position = np.empty(len(events), dtype=np.int64)
+    if len(events):
+        codes_by_position[np.concatenate(split.positions)] = item_codes
+
+    with artifacts.create_version() as draft:
+        # User tower: export, then evaluate through the exported graph.
+        module = RecencyWeightedMean(settings.half_life, type_weight_vector(settings.type_weights))
+        export_user_encoder(module, draft.user_encoder_path, settings.max_seq_len, encoder.dim)
+        user_encoder = OnnxUserEncoder(draft.user_encoder_path, prefer_cuda=True)
+        scorer = _OnnxScorer(split, codes_by_position, event_types, item_vectors, user_encoder)
+        metrics: dict[str, float] = {}
+        step = time.perf_counter()
+        stages: tuple[Stage, ...] = ("valid", "test")
+        for stage in stages:
+            results = evaluate(scorer.score_fn(stage), split, stage, batch_size=EVAL_BATCH_USERS)
+            metrics.update(flatten_metrics(stage, results))
+        log.info(
+            "model evaluated",
+            extra={
+                "seconds": round(time.perf_counter() - step, 3),
+                "test_masked_ndcg@10": metrics.get("test_masked_ndcg@10"),
+                "test_masked_recall@10": metrics.get("test_masked_recall@10"),
+            },
+        )
+
+        train_positions = split.train_positions()
+        counts = np.bincount(codes_by_position[train_positions], minlength=len(item_ids))
+        popular = [i for i in np.lexsort((np.arange(len(item_ids)), -counts)) if counts[i] > 0]
+        draft.write_popularity([item_ids[i] for i in popular], [int(counts[i]) for i in popular])
+
+        payloads = [item_payload(item) for item in catalogue]
+        draft.write_items(item_ids, item_vectors, payloads)
+        timestamps = [e.timestamp for e in events]
+        manifest = draft.commit(
+            {
+                "encoder_name": encoder.name,
+                "vector_size": encoder.dim,
+                "max_seq_len": settings.max_seq_len,
+                "item_count": len(item_ids),
+                "metrics": metrics,
+                "hyperparameters": {
+                    "model": "recency_weighted_mean",
+                    **settings.model_dump(mode="json"),
+                },
+                "data_range": {
+                    "first_timestamp": min(timestamps) if timestamps else None,
+                    "last_timestamp": max(timestamps) if timestamps else None,
+                    "interactions": len(events),
+                    "users": split.n_users,
+                    "items": len(np.unique(item_codes)),
+                },
+            }
+        )
+    log.info(
+        "version trained",
+        extra={
+            "model": manifest.model_name,
+            "version": manifest.version,
+            "items": manifest.item_count,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+    return TrainedVersion(
+        manifest=manifest,
+        path=artifacts.path(manifest.version),
+        item_ids=item_ids,
+        item_vectors=item_vectors,
+        item_payloads=payloads,
+    )

@@ -1,0 +1,400 @@
+"""The versioned artifact store: what the trainer writes and every other service reads.
+
+Layout (one immutable folder per version; only ONNX, ``.npy`` and JSON, never pickle)::
+
+    <root>/<model_name>/
+        v1/
+            manifest.json        Manifest: metrics, hyperparameters, sha256 of every file
+            user_encoder.onnx    the user tower (see recsys.model.user_encoder)
+            item_vectors.npy     float32 [item_count, vector_size]
+            item_ids.json        ["id", ...], row order of item_vectors.npy
+            item_payloads.json   [{...}, ...], same order
+            popularity.json      {"item_ids": [most popular first], "counts": [...]}
+        v2/ ...
+        .draft-<uuid>/           a version being written (never read)
+
+A version becomes visible only by one ``rename`` of its complete draft folder, so readers
+never see a half-written version. The version number is taken at commit time and the
+rename fails if another trainer took it first, in which case the next number is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+USER_ENCODER_FILE = "user_encoder.onnx"
+ITEM_VECTORS_FILE = "item_vectors.npy"
+ITEM_IDS_FILE = "item_ids.json"
+ITEM_PAYLOADS_FILE = "item_payloads.json"
+POPULARITY_FILE = "popularity.json"
+REQUIRED_FILES = (
+    USER_ENCODER_FILE,
+    ITEM_VECTORS_FILE,
+    ITEM_IDS_FILE,
+    ITEM_PAYLOADS_FILE,
+    POPULARITY_FILE,
+)
+DRAFT_PREFIX = ".draft-"
+_VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+_CHUNK = 1 << 20
+
+Status = Literal["candidate", "promoted", "rejected"]
+
+
+class ArtifactIntegrityError(RuntimeError):
+    """A version's files do not match its manifest (corrupt, truncated or tampered with)."""
+
+
+class VersionNotFoundError(LookupError):
+    """No such version in the store."""
+
+
+class DataRange(BaseModel):
+    """What the version was trained on, for audits and for deciding when to retrain."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    first_timestamp: float | None = None
+    last_timestamp: float | None = None
+    interactions: int = Field(0, ge=0)
+    users: int = Field(0, ge=0)
+    items: int = Field(0, ge=0, description="distinct items with at least one interaction")
+
+
+class Manifest(BaseModel):
+    """Describes one version; ``files`` maps every file name to its sha256 hex digest."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    model_name: str = Field(min_length=1)
+    version: str = Field(pattern=_VERSION_RE.pattern)
+    created_at: float = Field(description="seconds since the epoch, UTC")
+    encoder_name: str
+    vector_size: int = Field(ge=1)
+    max_seq_len: int = Field(ge=1)
+    item_count: int = Field(ge=0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    data_range: DataRange = Field(default_factory=DataRange)
+    files: dict[str, str] = Field(default_factory=dict)
+    status: Status = "promoted"
+
+    @property
+    def number(self) -> int:
+        return version_number(self.version)
+
+
+def version_number(version: str) -> int:
+    """``"v12"`` -> 12; raises ValueError for anything that is not a version name."""
+    match = _VERSION_RE.match(version)
+    if match is None:
+        raise ValueError(f"not a version name: {version!r} (expected v1, v2, ...)")
+    return int(match.group(1))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, ensure_ascii=False, allow_nan=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class ArtifactStore:
+    """Versioned, checksummed model artifacts under ``<root>/<model_name>/``."""
+
+    def __init__(self, root: Path, model_name: str) -> None:
+        if not model_name or "/" in model_name or model_name.startswith("."):
+            raise ValueError(f"invalid model name {model_name!r}")
+        self.root = Path(root)
+        self.model_name = model_name
+        self.model_dir = self.root / model_name
+
+    def _version_names(self) -> list[str]:
+        if not self.model_dir.is_dir():
+            return []
+        names = [p.name for p in self.model_dir.iterdir() if _VERSION_RE.match(p.name)]
+        return sorted(names, key=version_number)
+
+    def next_version(self) -> str:
+        names = self._version_names()
+        return f"v{version_number(names[-1]) + 1 if names else 1}"
+
+    def path(self, version: str) -> Path:
+        version_number(version)
+        return self.model_dir / version
+
+    def create_version(self) -> VersionDraft:
+        """Start writing a new version into a private temporary folder."""
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        folder = self.model_dir / f"{DRAFT_PREFIX}{uuid.uuid4().hex}"
+        folder.mkdir()
+        return VersionDraft(self, folder)
+
+    def manifest(self, version: str) -> Manifest:
+        path = self.path(version) / MANIFEST_FILE
+        if not path.is_file():
+            raise VersionNotFoundError(f"{self.model_name} has no version {version}")
+        return Manifest.model_validate_json(path.read_bytes())
+
+    def list_versions(self) -> list[Manifest]:
+        """Every readable version, oldest first (numeric order: v2 before v10)."""
+        manifests = []
+        for name in self._version_names():
+            try:
+                manifests.append(self.manifest(name))
+            except (VersionNotFoundError, ValidationError, OSError) as exc:
+                log.warning(
+                    "skipping unreadable version",
+                    extra={"model": self.model_name, "version": name, "error": str(exc)},
+                )
+        return manifests
+
+    def latest(self, status: Status | None = "promoted") -> Manifest | None:
+        """The newest version with ``status`` (the one to serve), or of any status if None."""
+        for manifest in reversed(self.list_versions()):
+            if status is None or manifest.status == status:
+                return manifest
+        return None
+
+    def load(self, version: str | None = None) -> LoadedVersion:
+        """Open a version (default: latest promoted) after verifying every file's sha256."""
+        if version is None:
+            newest = self.latest()
+            if newest is None:
+                raise VersionNotFoundError(f"{self.model_name} has no promoted version")
+            version = newest.version
+        manifest = self.manifest(version)
+        folder = self.path(version)
+        missing = [name for name in REQUIRED_FILES if name not in manifest.files]
+        if missing:
+            raise ArtifactIntegrityError(f"{folder}: manifest lists no checksum for {missing}")
+        for name, expected in manifest.files.items():
+            file = folder / name
+            if Path(name).name != name or not file.is_file():
+                raise ArtifactIntegrityError(f"{folder}: file {name} is missing")
+            actual = sha256_file(file)
+            if actual != expected:
+                raise ArtifactIntegrityError(
+                    f"{folder}: checksum mismatch for {name} (manifest {expected[:12]}..., "
+                    f"file {actual[:12]}...)"
+                )
+        return LoadedVersion(manifest, folder)
+
+    def set_status(self, version: str, status: Status) -> Manifest:
+        """Promote or reject a version; only the manifest changes (it is not checksummed)."""
+        manifest = self.manifest(version).model_copy(update={"status": status})
+        _write_json_atomic(self.path(version) / MANIFEST_FILE, manifest.model_dump(mode="json"))
+        return manifest
+
+    def remove_stale_drafts(self, older_than_s: float = 3600.0) -> int:
+        """Delete drafts left by crashed trainers; returns how many were removed."""
+        if not self.model_dir.is_dir():
+            return 0
+        removed = 0
+        cutoff = time.time() - older_than_s
+        for folder in self.model_dir.iterdir():
+            if folder.name.startswith(DRAFT_PREFIX) and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
+
+
+class VersionDraft:
+    """A version being written. Nothing is visible to readers until :meth:`commit`.
+
+    Use as a context manager: leaving the block without committing deletes the draft.
+    """
+
+    def __init__(self, store: ArtifactStore, folder: Path) -> None:
+        self.store = store
+        self.path = folder
+        self._done = False
+
+    @property
+    def user_encoder_path(self) -> Path:
+        """Where the exporter should write the ONNX user tower."""
+        return self.path / USER_ENCODER_FILE
+
+    def write_items(
+        self,
+        item_ids: Sequence[str],
+        item_vectors: np.ndarray,
+        item_payloads: Sequence[Mapping[str, Any]],
+    ) -> None:
+        raw = np.asarray(item_vectors)
+        if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)):
+            raise ValueError(f"item vectors must be numeric, got dtype {raw.dtype}")
+        vectors = np.ascontiguousarray(raw, dtype=np.float32)
+        if vectors.ndim != 2 or not vectors.shape[0] == len(item_ids) == len(item_payloads):
+            raise ValueError(
+                f"{len(item_ids)} ids, {len(item_payloads)} payloads, vectors {vectors.shape}"
+            )
+        if len(set(item_ids)) != len(item_ids):
+            raise ValueError("item ids are not unique")
+        if not np.isfinite(vectors).all():
+            raise ValueError("item vectors contain NaN or infinite values")
+        with open(self.path / ITEM_VECTORS_FILE, "wb") as fh:
+            np.save(fh, vectors, allow_pickle=False)
+        self.write_json(ITEM_IDS_FILE, [str(i) for i in item_ids])
+        self.write_json(ITEM_PAYLOADS_FILE, [dict(p) for p in item_payloads])
+
+    def write_popularity(self, item_ids: Sequence[str], counts: Sequence[int]) -> None:
+        if len(item_ids) != len(counts):
+            raise ValueError(f"{len(item_ids)} ids but {len(counts)} counts")
+        self.write_json(
+            POPULARITY_FILE, {"item_ids": list(item_ids), "counts": [int(c) for c in counts]}
+        )
+
+    def write_json(self, name: str, obj: Any) -> None:
+        with open(self.path / name, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, ensure_ascii=False, allow_nan=False)
+
+    def commit(self, manifest_fields: Mapping[str, Any]) -> Manifest:
+        """Checksum every file, write the manifest and move the draft into place.
+
+        ``manifest_fields`` holds the Manifest fields other than model_name, version,
+        files (computed here) and created_at (defaults to now); item_count and vector_size
+        default to the shape of item_vectors.npy and must agree with it when given.
+        """
+        if self._done:
+            raise RuntimeError("draft already committed or aborted")
+        missing = [name for name in REQUIRED_FILES if not (self.path / name).is_file()]
+        if missing:
+            raise ValueError(f"cannot commit: missing {missing}")
+        vectors = np.load(self.path / ITEM_VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+        fields = dict(manifest_fields)
+        for key in ("model_name", "version", "files"):
+            if key in fields:
+                raise ValueError(f"{key} is set by the store, not by the caller")
+        shape = {"item_count": int(vectors.shape[0]), "vector_size": int(vectors.shape[1])}
+        del vectors
+        for key, value in shape.items():
+            if fields.setdefault(key, value) != value:
+                raise ValueError(f"{key}={fields[key]} but item_vectors.npy has {value}")
+        fields.setdefault("created_at", time.time())
+        files = {}
+        for file in sorted(self.path.iterdir()):
+            if file.name == MANIFEST_FILE:
+                continue
+            if not file.is_file():
+                raise ValueError(f"cannot commit: {file.name} is not a plain file")
+            with open(file, "rb") as fh:
+                os.fsync(fh.fileno())
+            files[file.name] = sha256_file(file)
+        while True:
+            version = self.store.next_version()
+            manifest = Manifest(
+                model_name=self.store.model_name, version=version, files=files, **fields
+            )
+            _write_json_atomic(self.path / MANIFEST_FILE, manifest.model_dump(mode="json"))
+            _fsync_dir(self.path)
+            try:
+                # rename onto an existing non-empty folder fails: a concurrent trainer won
+                os.rename(self.path, self.store.path(version))
+            except OSError:
+                if self.store.path(version).exists():
+                    continue
+                raise
+            break
+        _fsync_dir(self.store.model_dir)
+        self._done = True
+        self.path = self.store.path(version)
+        log.info(
+            "artifact version committed",
+            extra={"model": manifest.model_name, "version": version, "path": str(self.path)},
+        )
+        return manifest
+
+    def abort(self) -> None:
+        if not self._done:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._done = True
+
+    def __enter__(self) -> VersionDraft:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+
+class Popularity(BaseModel):
+    item_ids: list[str]
+    counts: list[int]
+
+
+class LoadedVersion:
+    """A verified version; files are read on first access and kept."""
+
+    def __init__(self, manifest: Manifest, path: Path) -> None:
+        self.manifest = manifest
+        self.path = path
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / USER_ENCODER_FILE
+
+    @cached_property
+    def item_vectors(self) -> np.ndarray:
+        vectors: np.ndarray = np.load(self.path / ITEM_VECTORS_FILE, allow_pickle=False)
+        return vectors
+
+    @cached_property
+    def item_ids(self) -> list[str]:
+        ids = json.loads((self.path / ITEM_IDS_FILE).read_text(encoding="utf-8"))
+        return [str(i) for i in ids]
+
+    @cached_property
+    def item_payloads(self) -> list[dict[str, Any]]:
+        payloads: list[dict[str, Any]] = json.loads(
+            (self.path / ITEM_PAYLOADS_FILE).read_text(encoding="utf-8")
+        )
+        return payloads
+
+    @cached_property
+    def popularity(self) -> Popularity:
+        return Popularity.model_validate_json((self.path / POPULARITY_FILE).read_bytes())

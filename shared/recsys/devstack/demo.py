@@ -1,0 +1,68 @@
+"""The demo at the end of ``make run``: load MovieLens through Kafka, ask for rankings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from recsys.data.movielens import MovieLens
+from recsys.devstack.stack import LocalStack
+from recsys.publish import publish_events
+from recsys.v1 import ranking_pb2, ranking_pb2_grpc
+
+DEMO_USERS = ("1", "42", "500")
+
+
+def recommend(
+    stub: ranking_pb2_grpc.RankingServiceStub, user_id: str, k: int = 10
+) -> ranking_pb2.RecommendResponse:
+    response: ranking_pb2.RecommendResponse = stub.Recommend(
+        ranking_pb2.RecommendRequest(user_id=user_id, k=k), timeout=5
+    )
+    return response
+
+
+def personalised_ready(stub: ranking_pb2_grpc.RankingServiceStub, users: Sequence[str]) -> bool:
+    """True once every user gets a personalised (not fallback) ranking."""
+    try:
+        return all(not recommend(stub, user, 1).fallback for user in users)
+    except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return False
+        raise
+
+
+def render(data: MovieLens, user_id: str, response: ranking_pb2.RecommendResponse) -> str:
+    titles = {item.item_id: item.title for item in data.items}
+    history = [e for e in data.interactions if e.user_id == user_id][-5:]
+    lines = [f"User {user_id} recently rated:"]
+    lines += [f"    {titles.get(e.item_id, e.item_id)}  ({e.value:g}/5)" for e in history]
+    lines.append(
+        f"  Top {len(response.items)} for user {user_id} "
+        f"(model {response.model_version}{', fallback' if response.fallback else ''}):"
+    )
+    for rank, item in enumerate(response.items, 1):
+        lines.append(f"    {rank:>2}. {item.title:<55} {item.score:.3f}")
+    return "\n".join(lines)
+
+
+def run_demo(
+    stack: LocalStack, data: MovieLens, users: Sequence[str] = DEMO_USERS, timeout_s: float = 900
+) -> None:
+    say = stack.supervisor.say
+    say("demo", f"publishing {len(data.items)} movies and {len(data.interactions)} ratings")
+    report = publish_events(stack.kafka, data.items, data.interactions, progress=True)
+    say(
+        "demo",
+        f"published {report.total} events in {report.seconds:.1f}s; waiting for the "
+        "first model to be trained, announced and indexed",
+    )
+    with grpc.insecure_channel(stack.ranking_address) as channel:
+        stub = ranking_pb2_grpc.RankingServiceStub(channel)
+        stack.wait_for(
+            lambda: personalised_ready(stub, users), timeout_s, "personalised recommendations"
+        )
+        for user in users:
+            print("\n" + render(data, user, recommend(stub, user)), flush=True)
+    print(flush=True)

@@ -1,0 +1,221 @@
+"""The one offline evaluation harness: leave-one-out by time, full ranking, no sampling.
+
+Every model and baseline is scored by this module on the same split, so figures are
+comparable. Protocol:
+
+- Each user's interactions are sorted by timestamp with a *stable* sort (equal timestamps
+  keep their source order). The last one is the test target, the second to last the
+  validation target, the rest is training data. Users with fewer than 3 interactions
+  contribute everything to training and are not evaluated.
+- The model scores *every* item in the catalogue (no sampled negatives).
+- The rank of the target is pessimistic: the number of other items whose score is
+  ``>=`` the target's (so ties never favour the target, and a constant scorer ranks the
+  target last). NaN scores count as ``-inf``.
+- "masked" excludes the user's earlier items (everything before the target, except the
+  target itself when it is a repeat) from the ranking and from the top-k lists;
+  "unmasked" ranks the whole catalogue.
+
+Metrics per k: ``recall@k`` (hit rate; one target per user), ``ndcg@k`` (1/log2(rank+2)),
+``mrr@k`` (1/(rank+1) when rank < k, else 0), ``coverage@k`` (distinct items over all
+evaluated users' top-k lists / catalogue size), plus ``users`` (how many were evaluated).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["valid", "test"]
+ScoreFn = Callable[[np.ndarray], np.ndarray]
+"""Given user indices int64 [B], return scores float [B, n_items] (columns: Split.item_ids)."""
+
+MIN_INTERACTIONS = 3
+
+
+@dataclass(frozen=True)
+class Split:
+    """A leave-one-out split. Users and items are referred to by index.
+
+    ``sequences[u]`` holds user u's item indices in time order and ``positions[u]`` the
+    indices of the same interactions in the input sequence, so callers can recover any
+    other field (event type, value) of the interactions a model sees.
+    """
+
+    user_ids: list[str]
+    item_ids: list[str]
+    sequences: list[np.ndarray]
+    positions: list[np.ndarray]
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def _cut(self, user: int, stage: Stage) -> int | None:
+        """Index in the user's sequence of the stage's target; None if not evaluated."""
+        n = len(self.sequences[user])
+        if n < MIN_INTERACTIONS:
+            return None
+        return n - 1 if stage == "test" else n - 2
+
+    def users(self, stage: Stage) -> np.ndarray:
+        """Indices of the users evaluated at this stage."""
+        return np.array(
+            [u for u in range(self.n_users) if len(self.sequences[u]) >= MIN_INTERACTIONS],
+            dtype=np.int64,
+        )
+
+    def target(self, user: int, stage: Stage) -> int:
+        cut = self._cut(user, stage)
+        if cut is None:
+            raise ValueError(f"user {self.user_ids[user]} has no {stage} target")
+        return int(self.sequences[user][cut])
+
+    def history(self, user: int, stage: Stage) -> np.ndarray:
+        """Item indices the user had interacted with before the stage's target."""
+        cut = self._cut(user, stage)
+        return self.sequences[user] if cut is None else self.sequences[user][:cut]
+
+    def history_positions(self, user: int, stage: Stage) -> np.ndarray:
+        """Input indices of the interactions before the stage's target (time order)."""
+        cut = self._cut(user, stage)
+        return self.positions[user] if cut is None else self.positions[user][:cut]
+
+    def train_positions(self) -> np.ndarray:
+        """Input indices of every training interaction (neither a valid nor a test target)."""
+        parts = [self.history_positions(u, "valid") for u in range(self.n_users)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def leave_one_out(
+    interactions: Sequence[tuple[str, str, float]],
+    item_ids: Sequence[str] | None = None,
+) -> Split:
+    """Split ``(user_id, item_id, timestamp)`` interactions by time, per user.
+
+    ``item_ids`` is the catalogue (every item the models rank, in column order); if
+    omitted, the items seen in ``interactions`` in order of first appearance. Users are
+    numbered in order of first appearance.
+    """
+    if item_ids is None:
+        catalogue = list(dict.fromkeys(item for _, item, _ in interactions))
+    else:
+        catalogue = list(item_ids)
+    item_index = {item: i for i, item in enumerate(catalogue)}
+    if len(item_index) != len(catalogue):
+        raise ValueError("item_ids are not unique")
+    user_index: dict[str, int] = {}
+    n = len(interactions)
+    user_codes = np.empty(n, dtype=np.int64)
+    item_codes = np.empty(n, dtype=np.int64)
+    timestamps = np.empty(n, dtype=np.float64)
+    for row, (user, item, timestamp) in enumerate(interactions):
+        user_codes[row] = user_index.setdefault(user, len(user_index))
+        code = item_index.get(item)
+        if code is None:
+            raise ValueError(f"interaction {row} names item {item!r}, not in the catalogue")
+        item_codes[row] = code
+        timestamps[row] = timestamp
+    # np.lexsort is stable: rows with equal (user, timestamp) keep their input order
+    order = np.lexsort((timestamps, user_codes))
+    bounds = np.searchsorted(user_codes[order], np.arange(len(user_index) + 1))
+    positions = [order[bounds[u] : bounds[u + 1]] for u in range(len(user_index))]
+    return Split(
+        user_ids=list(user_index),
+        item_ids=catalogue,
+        sequences=[item_codes[p] for p in positions],
+        positions=positions,
+    )
+
+
+def _default_batch_size(n_items: int) -> int:
+    """About 16M scores (64 MB of float32) per batch, between 1 and 1024 users."""
+    return max(1, min(1024, (1 << 24) // max(n_items, 1)))
+
+
+def evaluate(
+    score_fn: ScoreFn,
+    split: Split,
+    stage: Stage = "valid",
+    ks: Sequence[int] = (10, 20),
+    batch_size: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Score every evaluated user against the full catalogue; {"masked"|"unmasked": metrics}."""
+    if stage not in ("valid", "test"):
+        raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError("ks must hold positive integers")
+    n_items = split.n_items
+    users = split.users(stage)
+    batch_size = batch_size or _default_batch_size(n_items)
+    modes = ("masked", "unmasked")
+    ranks: dict[str, list[np.ndarray]] = {m: [] for m in modes}
+    covered = {m: {k: np.zeros(n_items, dtype=bool) for k in ks} for m in modes}
+    top = min(max(ks), n_items)
+    for start in range(0, len(users), batch_size):
+        batch = users[start : start + batch_size]
+        scores = np.asarray(score_fn(batch), dtype=np.float64)
+        if scores.shape != (len(batch), n_items):
+            raise ValueError(f"score_fn returned {scores.shape}, expected {(len(batch), n_items)}")
+        scores = np.where(np.isnan(scores), -np.inf, scores)
+        rows = np.arange(len(batch))
+        targets = np.array([split.target(int(u), stage) for u in batch], dtype=np.int64)
+        histories = [split.history(int(u), stage) for u in batch]
+        hist_rows = np.repeat(rows, [len(h) for h in histories])
+        hist_cols = np.concatenate(histories) if histories else np.zeros(0, dtype=np.int64)
+        seen = np.zeros((len(batch), n_items), dtype=bool)
+        seen[hist_rows, hist_cols] = True
+        seen[rows, targets] = False  # a repeat of an earlier item stays rankable
+        target_scores = scores[rows, targets][:, None]
+        for mode in modes:
+            ahead = scores >= target_scores
+            if mode == "masked":
+                ahead &= ~seen
+            ahead[rows, targets] = False
+            ranks[mode].append(ahead.sum(axis=1))
+            ranked = np.where(seen, -np.inf, scores) if mode == "masked" else scores
+            if top:
+                top_items = np.argpartition(-ranked, top - 1, axis=1)[:, :top]
+                order = np.argsort(-np.take_along_axis(ranked, top_items, axis=1), axis=1)
+                top_items = np.take_along_axis(top_items, order, axis=1)
+                for k in ks:
+                    chosen = top_items[:, :k]
+                    if mode == "masked":  # rows with fewer than k rankable items
+                        chosen = chosen[np.isfinite(np.take_along_axis(ranked, chosen, axis=1))]
+                    covered[mode][k][chosen.ravel()] = True
+    result: dict[str, dict[str, float]] = {}
+    for mode in modes:
+        rank = np.concatenate(ranks[mode]) if ranks[mode] else np.zeros(0, dtype=np.int64)
+        metrics: dict[str, float] = {"users": float(len(rank))}
+        for k in ks:
+            hit = rank < k
+            metrics[f"recall@{k}"] = _mean(hit.astype(np.float64))
+            metrics[f"ndcg@{k}"] = _mean(np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0))
+            metrics[f"mrr@{k}"] = _mean(np.where(hit, 1.0 / (rank + 1.0), 0.0))
+            metrics[f"coverage@{k}"] = float(covered[mode][k].sum() / max(n_items, 1))
+        result[mode] = metrics
+    log.info("evaluated", extra={"stage": stage, "users": len(users), "items": n_items})
+    return result
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else 0.0
+
+
+def flatten_metrics(stage: str, results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{"masked": {"ndcg@10": x}} -> {"<stage>_masked_ndcg@10": x}, for manifests and logs."""
+    return {
+        f"{stage}_{mode}_{name}": value
+        for mode, metrics in results.items()
+        for name, value in metrics.items()
+    }

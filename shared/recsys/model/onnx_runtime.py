@@ -1,0 +1,168 @@
+"""Export a user tower to ONNX and run it with onnxruntime (CUDA when present, else CPU).
+
+The exported file is self-contained (no ``.onnx.data`` side file), so the artifact store can
+checksum and move it as one file. The batch axis is dynamic; ``max_len`` and ``dim`` are
+fixed in the graph and read back from it by :class:`OnnxUserEncoder`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsys.model.user_encoder import INPUT_EVENT_TYPES, INPUT_ITEM_VECTORS, OUTPUT_USER_VECTOR
+
+log = logging.getLogger(__name__)
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def export_user_encoder(module: nn.Module, path: Path, max_len: int, dim: int) -> Path:
+    """Export ``module(item_vectors, event_types) -> user_vector`` to one ONNX file.
+
+    Uses the dynamo exporter (the TorchScript one is deprecated) with
+    ``external_data=False``; the example batch has 2 rows so the batch axis is not
+    specialised to 1. The written graph is checked with ``onnx.checker``.
+    """
+    import onnx
+
+    if max_len < 1 or dim < 1:
+        raise ValueError("max_len and dim must be positive")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = module.training
+    module.eval()
+    example_vectors = torch.randn(2, max_len, dim, dtype=torch.float32)
+    example_types = torch.ones(2, max_len, dtype=torch.int64)
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    # the exporter's graph passes log every rewrite at INFO; keep the trainer's log readable
+    chatty = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [logger.level for logger in chatty]
+    try:
+        for logger in chatty:
+            logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporter deprecation chatter, not actionable
+            torch.onnx.export(
+                module,
+                (example_vectors, example_types),
+                str(path),
+                input_names=[INPUT_ITEM_VECTORS, INPUT_EVENT_TYPES],
+                output_names=[OUTPUT_USER_VECTOR],
+                dynamic_shapes={INPUT_ITEM_VECTORS: {0: batch}, INPUT_EVENT_TYPES: {0: batch}},
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        module.train(was_training)
+        for logger, level in zip(chatty, levels, strict=True):
+            logger.setLevel(level)
+    side_file = path.with_name(path.name + ".data")
+    if side_file.exists():
+        raise RuntimeError(f"exporter wrote external data {side_file}; expected one file")
+    onnx.checker.check_model(str(path))
+    log.info("user encoder exported", extra={"path": str(path), "max_len": max_len, "dim": dim})
+    return path
+
+
+def choose_providers(prefer_cuda: bool = True) -> list[str]:
+    """CUDA first when this onnxruntime build offers it, CPU always as the fallback."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if prefer_cuda and CUDA_PROVIDER in available:
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+class OnnxUserEncoder:
+    """An onnxruntime session over a user tower that follows the contract in user_encoder."""
+
+    def __init__(self, path: Path, prefer_cuda: bool = True, intra_op_threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        # A GPU build on a machine without CUDA logs the failed provider load as an error
+        # and falls back to CPU; we report what is really used instead.
+        options.log_severity_level = 3
+        requested = choose_providers(prefer_cuda)
+        self._session: Any = ort.InferenceSession(
+            str(self.path), sess_options=options, providers=requested
+        )
+        self.providers: list[str] = list(self._session.get_providers())
+        if requested[0] not in self.providers:
+            log.warning(
+                "onnxruntime fell back from the preferred provider",
+                extra={"requested": requested, "providers": self.providers},
+            )
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = [o.name for o in self._session.get_outputs()]
+        if set(inputs) != {INPUT_ITEM_VECTORS, INPUT_EVENT_TYPES} or outputs != [
+            OUTPUT_USER_VECTOR
+        ]:
+            raise ValueError(
+                f"{self.path} does not follow the user-tower contract: inputs {sorted(inputs)}, "
+                f"outputs {outputs}"
+            )
+        shape = inputs[INPUT_ITEM_VECTORS].shape
+        if len(shape) != 3 or not isinstance(shape[1], int) or not isinstance(shape[2], int):
+            raise ValueError(f"{self.path}: item_vectors needs static [batch, max_len, dim]")
+        self.max_len: int = shape[1]
+        self.dim: int = shape[2]
+        log.info(
+            "user encoder session ready",
+            extra={"path": str(self.path), "providers": self.providers, "max_len": self.max_len},
+        )
+
+    def encode(self, item_vectors: np.ndarray, event_types: np.ndarray) -> np.ndarray:
+        """Run the tower: float32 [B, max_len, dim] and int64 [B, max_len] -> float32 [B, dim]."""
+        vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        types = np.ascontiguousarray(event_types, dtype=np.int64)
+        if vectors.ndim != 3 or vectors.shape[1:] != (self.max_len, self.dim):
+            raise ValueError(
+                f"item_vectors must be [batch, {self.max_len}, {self.dim}], got {vectors.shape}"
+            )
+        if types.shape != vectors.shape[:2]:
+            raise ValueError(f"event_types must be {vectors.shape[:2]}, got {types.shape}")
+        if vectors.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        (out,) = self._session.run(
+            [OUTPUT_USER_VECTOR], {INPUT_ITEM_VECTORS: vectors, INPUT_EVENT_TYPES: types}
+        )
+        return np.asarray(out, dtype=np.float32)
+
+
+def pad_left(
+    sequences: Sequence[tuple[np.ndarray, Sequence[int]]], max_len: int, dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pack (item vectors [n, dim], event type ids [n]) pairs, oldest first, into model inputs.
+
+    Keeps the newest ``max_len`` entries of each sequence and left-pads with zeros (event
+    type 0), so the newest interaction always sits at the last position.
+    """
+    item_vectors = np.zeros((len(sequences), max_len, dim), dtype=np.float32)
+    event_types = np.zeros((len(sequences), max_len), dtype=np.int64)
+    for row, (vectors, types) in enumerate(sequences):
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, dim)
+        type_array = np.asarray(types, dtype=np.int64).reshape(-1)
+        if len(type_array) != len(vectors):
+            raise ValueError(
+                f"sequence {row}: {len(vectors)} vectors but {len(type_array)} event types"
+            )
+        keep = min(len(type_array), max_len)
+        if keep:
+            item_vectors[row, max_len - keep :] = vectors[-keep:]
+            event_types[row, max_len - keep :] = type_array[-keep:]
+    return item_vectors, event_types
