@@ -43,7 +43,8 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
     kafka = settings.kafka
     topics = Topics.from_settings(kafka)
     app = faust.App(
-        settings.app_id,
+        # The prefix also scopes faust's own topics (changelog, repartition) and group.
+        f"{kafka.topic_prefix}{settings.app_id}",
         broker=_faust_broker(kafka.bootstrap_servers),
         store="memory://",
         datadir=str(settings.data_dir),
@@ -58,8 +59,12 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
         table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
     )
-    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
-                           "key_serializer": "raw", "value_serializer": "raw"}
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
     interactions = app.topic(topics.interactions, **raw)
     user_sequences = app.topic(topics.user_sequences, **raw)
     dead_letter = app.topic(topics.dead_letter, **raw)
@@ -84,8 +89,10 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
         )
         await dead_letter.send(key=message.key, value=letter.to_bytes())
         DEAD_LETTERS.labels("interactions", reason.split(":", 1)[0][:40]).inc()
-        log.warning("dead-lettered interaction", extra={
-            "reason": reason, "partition": message.partition, "offset": message.offset})
+        log.warning(
+            "dead-lettered interaction",
+            extra={"reason": reason, "partition": message.partition, "offset": message.offset},
+        )
 
     @app.agent(interactions)
     async def process_interactions(stream: Any) -> None:
@@ -123,7 +130,7 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
             finally:
                 correlation_id.reset(token)
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def mark_ready() -> None:
         feature_app.ready = True
         log.info("feature worker started", extra={"topic": topics.interactions})

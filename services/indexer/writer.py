@@ -171,8 +171,10 @@ class IndexWriter:
             self._store.set_alias(self._settings.items_alias, collection)
             self.serving_version = update.version
             SERVING.set(version_number(update.version))
-            log.info("items alias switched", extra={"version": update.version,
-                                                    "items": update.item_count})
+            log.info(
+                "items alias switched",
+                extra={"version": update.version, "items": update.item_count},
+            )
             self._drop_old_versions()
             return
 

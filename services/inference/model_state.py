@@ -25,8 +25,9 @@ class ServingModel:
     deleted_items: set[str] = field(default_factory=set)
 
     @classmethod
-    def load(cls, artifacts: ArtifactStore, version: str, *, prefer_cuda: bool,
-             intra_op_threads: int) -> ServingModel:
+    def load(
+        cls, artifacts: ArtifactStore, version: str, *, prefer_cuda: bool, intra_op_threads: int
+    ) -> ServingModel:
         loaded = artifacts.load(version)
         encoder = OnnxUserEncoder(
             loaded.onnx_path, prefer_cuda=prefer_cuda, intra_op_threads=intra_op_threads
@@ -55,7 +56,8 @@ class ServingModel:
             return None
         row = self.item_rows.get(item_id)
         if row is not None:
-            return self.item_matrix[row]
+            vector: np.ndarray = self.item_matrix[row]
+            return vector
         return self.extra_items.get(item_id)
 
     def encode_users(self, sequences: list[UserSequence]) -> tuple[list[UserSequence], np.ndarray]:

@@ -18,9 +18,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from recsys.artifacts import ArtifactStore
 from recsys.events import (
+    InvalidEvent,
     ItemEvent,
     ItemVector,
-    InvalidEvent,
     ModelUpdate,
     UserSequence,
     UserVector,
@@ -35,7 +35,8 @@ from services.inference.settings import InferenceSettings
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = Histogram(
-    "recsys_inference_batch_size", "Users encoded per ONNX call",
+    "recsys_inference_batch_size",
+    "Users encoded per ONNX call",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
 ENCODE_SECONDS = Histogram("recsys_inference_encode_seconds", "ONNX user encoding time")
@@ -101,8 +102,11 @@ class InferenceService:
         if known is not None and known.timestamp > item.timestamp:
             return
         self.catalog[item.item_id] = item
-        if self.model is not None and (item.op == "delete" or not self.model.knows(item.item_id)
-                                       or item.item_id in self.model.deleted_items):
+        if self.model is not None and (
+            item.op == "delete"
+            or not self.model.knows(item.item_id)
+            or item.item_id in self.model.deleted_items
+        ):
             self._pending_items[item.item_id] = None
 
     def _load_model(self, update: ModelUpdate) -> None:
@@ -144,7 +148,10 @@ class InferenceService:
                 model.extra_items.pop(item_id, None)
                 event = ItemVector(
                     event_id=f"{item_id}:{model.version}:{item.event_id}",
-                    item_id=item_id, model_version=model.version, timestamp=now, deleted=True,
+                    item_id=item_id,
+                    model_version=model.version,
+                    timestamp=now,
+                    deleted=True,
                 )
                 produce(self._producer, self._topics.item_vectors, item_id, event.to_bytes())
                 VECTORS.labels("item_deleted").inc()
@@ -189,6 +196,7 @@ class InferenceService:
                     seen_item_ids=sequence.seen_item_ids,
                     event_timestamp=sequence.last_event_timestamp,
                 )
-                produce(self._producer, self._topics.user_vectors, sequence.user_id,
-                        event.to_bytes())
+                produce(
+                    self._producer, self._topics.user_vectors, sequence.user_id, event.to_bytes()
+                )
             VECTORS.labels("user").inc(len(encoded))

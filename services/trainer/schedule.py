@@ -27,9 +27,12 @@ class RetrainPolicy:
             return "requested"
         if new_since_last == 0:
             return None
-        if last_trained_at is not None and self.interval_seconds > 0:
-            if now - last_trained_at >= self.interval_seconds:
-                return "interval"
+        if (
+            last_trained_at is not None
+            and self.interval_seconds > 0
+            and now - last_trained_at >= self.interval_seconds
+        ):
+            return "interval"
         quiet = now - last_input_at >= self.quiet_seconds
         if last_trained_at is None:
             return "first model" if total >= self.min_interactions and quiet else None

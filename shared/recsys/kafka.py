@@ -143,8 +143,12 @@ class DeadLetterSink:
         self.count += 1
         log.warning(
             "dead-lettered message",
-            extra={"reason": reason, "topic": source_topic, "partition": partition,
-                   "offset": offset},
+            extra={
+                "reason": reason,
+                "topic": source_topic,
+                "partition": partition,
+                "offset": offset,
+            },
         )
 
     def send_message(self, message: Message, reason: str) -> None:

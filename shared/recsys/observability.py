@@ -30,8 +30,9 @@ class HealthServer:
                     self._answer(200, b"ok\n", "text/plain")
                 elif self.path == "/readyz":
                     ok = ready_check()
-                    self._answer(200 if ok else 503, b"ready\n" if ok else b"not ready\n",
-                                 "text/plain")
+                    self._answer(
+                        200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain"
+                    )
                 else:
                     self._answer(404, b"not found\n", "text/plain")
 

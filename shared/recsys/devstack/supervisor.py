@@ -7,6 +7,7 @@ leaves no orphan).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -26,10 +27,9 @@ _PR_SET_PDEATHSIG = 1
 
 def die_with_parent() -> None:
     """Run in a child before exec: the kernel sends it SIGTERM when its parent dies."""
-    try:
+    # Not on Linux: rely on the supervisor's orderly stop.
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: rely on the supervisor's orderly stop
-        pass
 
 
 def render_log_line(line: str) -> str:
@@ -126,7 +126,5 @@ class Supervisor:
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

@@ -110,6 +110,8 @@ class EmbeddingCache:
     Keys are sha256(encoder name + NUL + text). Each encoder gets its own pair of files,
     ``<sha256(name)[:16]>.npy`` (float32 rows) and ``.json`` (``{"encoder", "keys"}``),
     so encoders of different widths can share a folder. Writes are atomic; no pickle.
+    Meant for one writer at a time (the trainer): concurrent writers never corrupt the
+    files, but the last one to save wins and the other's new entries are re-encoded later.
     """
 
     def __init__(self, folder: Path) -> None:

@@ -60,9 +60,7 @@ class Filter:
 
 @runtime_checkable
 class VectorStore(Protocol):
-    def create_collection(
-        self, name: str, dim: int, keyword_fields: Sequence[str] = ()
-    ) -> None:
+    def create_collection(self, name: str, dim: int, keyword_fields: Sequence[str] = ()) -> None:
         """Create an empty cosine-distance collection; a no-op if it exists with this dim."""
 
     def drop_collection(self, name: str) -> None:

@@ -1,0 +1,148 @@
+"""The whole system as separate processes: events in through Kafka, rankings out over gRPC.
+
+A small catalogue in four genres keeps training fast; the wiring is the one ``make run``
+uses (LocalStack), with the real broker, services, model and embedded Qdrant.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from recsys.devstack.demo import personalised_ready, recommend
+from recsys.devstack.stack import LocalStack, StackConfig
+from recsys.devstack.supervisor import Supervisor
+from recsys.events import InteractionEvent, ItemEvent
+from recsys.kafka import make_producer, produce
+from recsys.publish import publish_events
+from recsys.topics import Topics
+from recsys.v1 import ranking_pb2_grpc
+
+pytestmark = pytest.mark.e2e
+
+GENRES = {
+    "space": ["Starship", "Galaxy", "Orbit", "Nebula", "Comet", "Asteroid", "Rocket", "Planet"],
+    "cooking": ["Kitchen", "Recipe", "Baking", "Pasta", "Soup", "Bread", "Spices", "Dessert"],
+    "horror": ["Haunted", "Zombie", "Ghost", "Vampire", "Crypt", "Nightmare", "Curse", "Shadow"],
+    "sports": ["Football", "Tennis", "Marathon", "Boxing", "Cycling", "Hockey", "Golf", "Rugby"],
+}
+
+
+def catalogue() -> list[ItemEvent]:
+    items = []
+    for genre, words in GENRES.items():
+        for n, word in enumerate(words):
+            items.append(
+                ItemEvent(
+                    event_id=f"item-{genre}-{n}",
+                    item_id=f"{genre}-{n}",
+                    timestamp=1.0,
+                    title=f"{word} {genre} story",
+                    categories=[genre],
+                )
+            )
+    return items
+
+
+def history() -> list[InteractionEvent]:
+    """Each user sticks to one genre and sees five of its eight items."""
+    events = []
+    genres = list(GENRES)
+    for u in range(24):
+        genre = genres[u % len(genres)]
+        for step in range(5):
+            item = f"{genre}-{(u + step) % 8}"
+            events.append(
+                InteractionEvent(
+                    event_id=f"ev-{u}-{step}",
+                    user_id=f"user-{u}",
+                    item_id=item,
+                    event_type="view",
+                    timestamp=1_000.0 + u * 10 + step,
+                )
+            )
+    return events
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    work: Path = tmp_path_factory.mktemp("stack")
+    output = io.StringIO()
+    config = StackConfig(workdir=work, trainer_min_interactions=100, trainer_quiet_seconds=1.0)
+    with LocalStack(config, Supervisor(out=output, colour=False)) as running:
+        try:
+            yield running
+        finally:
+            (work / "stack.log").write_text(output.getvalue())
+
+
+@pytest.fixture(scope="module")
+def stub(stack: LocalStack) -> Iterator[ranking_pb2_grpc.RankingServiceStub]:
+    publish_events(stack.kafka, catalogue(), history(), progress=False)
+    with grpc.insecure_channel(stack.ranking_address) as channel:
+        client = ranking_pb2_grpc.RankingServiceStub(channel)
+        stack.wait_for(
+            lambda: personalised_ready(client, ["user-0", "user-1"]), 300, "personalised rankings"
+        )
+        yield client
+
+
+def test_rankings_are_personalised_and_exclude_seen_items(
+    stub: ranking_pb2_grpc.RankingServiceStub,
+) -> None:
+    response = recommend(stub, "user-0", k=10)
+    assert not response.fallback
+    assert response.model_version == "v1"
+    seen = {e.item_id for e in history() if e.user_id == "user-0"}
+    ranked = [item.item_id for item in response.items]
+    assert len(ranked) == 10
+    assert not seen & set(ranked)
+    scores = [item.score for item in response.items]
+    assert scores == sorted(scores, reverse=True)
+    # The three unseen items of the user's own genre rank above every other genre.
+    assert all(item_id.startswith("space-") for item_id in ranked[:3])
+    assert all(item.title for item in response.items)
+
+
+def test_unknown_user_gets_popular_items(stub: ranking_pb2_grpc.RankingServiceStub) -> None:
+    response = recommend(stub, "nobody-knows-me", k=5)
+    assert response.fallback
+    assert response.fallback_reason
+    assert len(response.items) == 5
+
+
+def test_invalid_request_is_rejected_with_the_field_named(
+    stub: ranking_pb2_grpc.RankingServiceStub,
+) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        recommend(stub, "user-0", k=0)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "k" in (error.value.details() or "")
+
+
+def test_new_interaction_changes_the_ranking_and_excludes_the_item(
+    stack: LocalStack, stub: ranking_pb2_grpc.RankingServiceStub
+) -> None:
+    before = [item.item_id for item in recommend(stub, "user-1", k=10).items]
+    target = before[0]
+    producer = make_producer(stack.kafka)
+    event = InteractionEvent(
+        event_id="ev-new-purchase",
+        user_id="user-1",
+        item_id=target,
+        event_type="purchase",
+        timestamp=time.time(),
+    )
+    produce(producer, Topics.from_settings(stack.kafka).interactions, "user-1", event.to_bytes())
+    assert producer.flush(10) == 0
+
+    def changed() -> bool:
+        after = [item.item_id for item in recommend(stub, "user-1", k=10).items]
+        return target not in after and after != before
+
+    stack.wait_for(changed, 60, "the ranking of user-1 to reflect the purchase")

@@ -1,0 +1,1 @@
+"""Helpers for tests that read topics back."""
