@@ -30,7 +30,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt constrai
 run: $(STAMP)
 	$(PY) -m recsys.devstack
 
-test: $(STAMP) proto-check
+test: $(STAMP) lint proto-check
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-unit: $(STAMP)
