@@ -17,11 +17,12 @@ import pytest
 from recsys.devstack.demo import personalised_ready, recommend
 from recsys.devstack.stack import LocalStack, StackConfig
 from recsys.devstack.supervisor import Supervisor
-from recsys.events import InteractionEvent, ItemEvent
+from recsys.events import DeadLetter, InteractionEvent, ItemEvent
 from recsys.kafka import make_producer, produce
 from recsys.publish import publish_events
 from recsys.topics import Topics
 from recsys.v1 import ranking_pb2_grpc
+from tests.support.topics import TopicReader
 
 pytestmark = pytest.mark.e2e
 
@@ -146,3 +147,30 @@ def test_new_interaction_changes_the_ranking_and_excludes_the_item(
         return target not in after and after != before
 
     stack.wait_for(changed, 60, "the ranking of user-1 to reflect the purchase")
+
+
+def test_malformed_item_event_is_dead_lettered_by_inference(
+    stack: LocalStack, stub: ranking_pb2_grpc.RankingServiceStub
+) -> None:
+    topics = Topics.from_settings(stack.kafka)
+    producer = make_producer(stack.kafka)
+    bad = b'{"event_id": "bad-item", "item_id": "x", "timestamp": 5, "op": "upsert"}'
+    produce(producer, topics.items, "x", bad)
+    assert producer.flush(10) == 0
+    reader = TopicReader(stack.kafka, [topics.dead_letter])
+    try:
+        messages = reader.wait_until(
+            lambda seen: any(
+                DeadLetter.model_validate_json(m.value() or b"").service == "inference"
+                for m in seen
+            ),
+            60,
+            "the bad item event in dead-letter",
+        )
+    finally:
+        reader.close()
+    letters = [DeadLetter.model_validate_json(m.value() or b"") for m in messages]
+    letter = next(x for x in letters if x.service == "inference")
+    assert letter.source_topic == topics.items
+    assert "title or a description" in letter.reason
+    assert recommend(stub, "user-0", k=3).items, "the service keeps answering"
