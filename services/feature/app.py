@@ -7,16 +7,15 @@ under the right key rather than processed on the wrong shard.
 
 from __future__ import annotations
 
-import base64
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from prometheus_client import Counter
 
-from recsys.events import DeadLetter, InteractionEvent, InvalidEvent, parse_event
+from recsys.events import InteractionEvent, InvalidEvent, parse_event
+from recsys.kafka import build_dead_letter
 from recsys.logs import correlation_id
 from recsys.topics import Topics
 from services.feature.sequence import UserState, apply_interaction, to_user_sequence
@@ -77,15 +76,13 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
     feature_app = FeatureApp(app=app, settings=settings)
 
     async def send_dead_letter(message: Any, reason: str) -> None:
-        letter = DeadLetter(
-            event_id=f"{message.topic}:{message.partition}:{message.offset}",
-            reason=reason[:2_000],
+        letter = build_dead_letter(
+            reason=reason,
             source_topic=message.topic,
             partition=message.partition,
             offset=message.offset,
             service="feature",
-            original_value_b64=_b64(message.value),
-            failed_at=time.time(),
+            value=message.value,
         )
         await dead_letter.send(key=message.key, value=letter.to_bytes())
         DEAD_LETTERS.labels("interactions", reason.split(":", 1)[0][:40]).inc()
@@ -136,7 +133,3 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
         log.info("feature worker started", extra={"topic": topics.interactions})
 
     return feature_app
-
-
-def _b64(value: bytes | None) -> str:
-    return base64.b64encode(value or b"").decode("ascii")

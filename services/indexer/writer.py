@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from recsys.artifacts import version_number
 from recsys.events import InvalidEvent, ItemVector, ModelUpdate, UserVector, parse_event
 from recsys.kafka import DeadLetterSink, make_consumer, make_producer, usable
 from recsys.topics import Topics
@@ -34,9 +35,12 @@ ITEM_PREFIX = "items_"
 KEYWORD_FIELDS = ("categories",)
 
 
-def version_number(version: str) -> int:
-    digits = version.lstrip("v")
-    return int(digits) if digits.isdigit() else -1
+def version_order(version: str) -> int:
+    """Sort key of a version name; names that are not versions sort first."""
+    try:
+        return version_number(version)
+    except ValueError:
+        return -1
 
 
 def items_collection(version: str) -> str:
@@ -157,10 +161,10 @@ class IndexWriter:
         )
 
     def _promote_complete_versions(self) -> None:
-        current = version_number(self.serving_version) if self.serving_version else -1
+        current = version_order(self.serving_version) if self.serving_version else -1
         candidates = sorted(
-            (u for u in self._announced.values() if version_number(u.version) > current),
-            key=lambda u: version_number(u.version),
+            (u for u in self._announced.values() if version_order(u.version) > current),
+            key=lambda u: version_order(u.version),
             reverse=True,
         )
         for update in candidates:
@@ -170,7 +174,7 @@ class IndexWriter:
             self._store.optimize(collection)
             self._store.set_alias(self._settings.items_alias, collection)
             self.serving_version = update.version
-            SERVING.set(version_number(update.version))
+            SERVING.set(version_order(update.version))
             log.info(
                 "items alias switched",
                 extra={"version": update.version, "items": update.item_count},
@@ -181,10 +185,10 @@ class IndexWriter:
     def _drop_old_versions(self) -> None:
         versions = sorted(
             (c for c in self._store.list_collections() if c.startswith(ITEM_PREFIX)),
-            key=lambda c: version_number(c.removeprefix(ITEM_PREFIX)),
+            key=lambda c: version_order(c.removeprefix(ITEM_PREFIX)),
         )
-        serving = version_number(self.serving_version or "")
-        older = [c for c in versions if version_number(c.removeprefix(ITEM_PREFIX)) <= serving]
+        serving = version_order(self.serving_version or "")
+        older = [c for c in versions if version_order(c.removeprefix(ITEM_PREFIX)) <= serving]
         for collection in older[: -self._settings.keep_versions]:
             self._store.drop_collection(collection)
             log.info("dropped old item collection", extra={"collection": collection})

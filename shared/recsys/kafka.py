@@ -110,6 +110,28 @@ def usable(messages: list[Message]) -> list[Message]:
     return good
 
 
+def build_dead_letter(
+    *,
+    reason: str,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    service: str,
+    value: bytes | None,
+) -> DeadLetter:
+    """The dead-letter record of one message; its id makes redelivered letters detectable."""
+    return DeadLetter(
+        event_id=f"{source_topic}:{partition}:{offset}",
+        reason=reason[:2_000],
+        source_topic=source_topic,
+        partition=partition,
+        offset=offset,
+        service=service,
+        original_value_b64=base64.b64encode(value or b"").decode("ascii"),
+        failed_at=time.time(),
+    )
+
+
 class DeadLetterSink:
     """Sends messages that cannot be used to the dead-letter topic, with the reason."""
 
@@ -129,15 +151,13 @@ class DeadLetterSink:
         key: bytes | None,
         value: bytes | None,
     ) -> None:
-        letter = DeadLetter(
-            event_id=f"{source_topic}:{partition}:{offset}",
-            reason=reason[:2_000],
+        letter = build_dead_letter(
+            reason=reason,
             source_topic=source_topic,
             partition=partition,
             offset=offset,
             service=self._service,
-            original_value_b64=base64.b64encode(value or b"").decode("ascii"),
-            failed_at=time.time(),
+            value=value,
         )
         produce(self._producer, self._topic, key, letter.to_bytes())
         self.count += 1
