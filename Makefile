@@ -7,7 +7,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: help venv run test test-unit test-integration lint format proto proto-check data bench clean
+.PHONY: help venv run test test-unit test-integration lint format proto proto-check data bench clean compose-up compose-down
+COMPOSE ?= docker compose
+# GPU host: make compose-up COMPOSE_FILES="-f docker-compose.yml -f docker-compose.gpu.yml"
+COMPOSE_FILES ?= -f docker-compose.yml
 
 help:
 	@echo "make run      start the whole stack locally and print recommendations (Ctrl-C stops it)"
@@ -21,7 +24,7 @@ venv: $(STAMP)
 $(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, from the CPU build; the constraint stops anything pulling the CUDA build
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet "$$(grep -E '^torch==' constraints.txt)"
 	PIP_CONSTRAINT=constraints.txt $(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -60,6 +63,12 @@ data: $(STAMP)
 
 bench: $(STAMP)
 	@echo "benchmarks arrive with their issues; see bench/"
+
+compose-up:
+	$(COMPOSE) $(COMPOSE_FILES) up -d --build --wait --wait-timeout 300
+
+compose-down:
+	$(COMPOSE) $(COMPOSE_FILES) down --remove-orphans
 
 clean:
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

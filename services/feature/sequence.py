@@ -65,5 +65,9 @@ def to_user_sequence(user_id: str, state: UserState, last: InteractionEvent) -> 
         entries=[SequenceEntry.model_validate(e) for e in state["entries"]],
         seen_item_ids=state["seen"],
         last_event_id=last.event_id,
-        last_event_timestamp=last.timestamp,
+        # The newest event reflected, not the latest arrival: a late event must not make
+        # the sequence look older than the one it replaces.
+        last_event_timestamp=max(
+            [last.timestamp, *(entry["timestamp"] for entry in state["entries"])]
+        ),
     )

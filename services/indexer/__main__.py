@@ -19,12 +19,12 @@ def main() -> None:
     settings = IndexerSettings()
     setup_logging("indexer", settings.obs.log_level)
     stop = stop_on_signals()
-    wait_for_broker(settings.kafka)
-    store = open_store(settings.store)
-    writer = IndexWriter(store, settings)
     health = None
     if settings.obs.http_port:
         health = HealthServer(settings.obs.http_port, lambda: True).start()
+    wait_for_broker(settings.kafka)
+    store = open_store(settings.store)
+    writer = IndexWriter(store, settings)
     try:
         writer.run(stop)
     finally:

@@ -49,9 +49,9 @@ def items_collection(version: str) -> str:
 
 @dataclass
 class _Batch:
-    items: dict[str, dict[str, ItemVector]] = field(default_factory=dict)  # version -> id -> ev
-    users: dict[str, UserVector] = field(default_factory=dict)
-    updates: list[ModelUpdate] = field(default_factory=list)
+    # version -> item id -> (event, message); the message is kept to dead-letter it.
+    items: dict[str, dict[str, tuple[ItemVector, Message]]] = field(default_factory=dict)
+    users: dict[str, tuple[UserVector, Message]] = field(default_factory=dict)
 
 
 class IndexWriter:
@@ -105,46 +105,82 @@ class IndexWriter:
         for message in messages:
             topic = message.topic()
             try:
-                if topic == self._topics.item_vectors:
+                if topic == self._topics.model_updates:
+                    self._announce(parse_event(ModelUpdate, message.value()))
+                elif topic == self._topics.item_vectors:
                     item = parse_event(ItemVector, message.value())
-                    batch.items.setdefault(item.model_version, {})[item.item_id] = item
+                    batch.items.setdefault(item.model_version, {})[item.item_id] = (item, message)
                 elif topic == self._topics.user_vectors:
                     user = parse_event(UserVector, message.value())
                     known = batch.users.get(user.user_id)
-                    if known is None or known.event_timestamp <= user.event_timestamp:
-                        batch.users[user.user_id] = user
-                elif topic == self._topics.model_updates:
-                    batch.updates.append(parse_event(ModelUpdate, message.value()))
+                    if known is None or known[0].event_timestamp <= user.event_timestamp:
+                        batch.users[user.user_id] = (user, message)
             except InvalidEvent as exc:
                 self._dead_letters.send_message(message, str(exc))
         return batch
 
-    def _write(self, batch: _Batch) -> None:
-        for update in batch.updates:
-            self._announced[update.version] = update
+    def _announce(self, update: ModelUpdate) -> None:
+        self._announced[update.version] = update
+        # Announcements are replayed at every start: never resurrect a dropped version.
+        if version_order(update.version) > version_order(self.serving_version or ""):
             self._store.create_collection(
                 items_collection(update.version), update.vector_size, KEYWORD_FIELDS
             )
+
+    def _write(self, batch: _Batch) -> None:
         for version, items in batch.items.items():
-            live = [i for i in items.values() if not i.deleted]
-            deleted = [i.item_id for i in items.values() if i.deleted]
             collection = items_collection(version)
+            live = [(i, m) for i, m in items.values() if not i.deleted]
+            deleted = [i.item_id for i, _ in items.values() if i.deleted]
             if live:
-                self._store.create_collection(collection, live[0].array().shape[0], KEYWORD_FIELDS)
-                self._store.upsert(
-                    collection,
-                    [VectorRecord(i.item_id, i.array(), i.payload) for i in live],
-                )
-                WRITES.labels("item").inc(len(live))
+                announced = self._announced.get(version)
+                dim = announced.vector_size if announced else live[0][0].array().shape[0]
+                self._store.create_collection(collection, dim, KEYWORD_FIELDS)
+                records = [(VectorRecord(i.item_id, i.array(), i.payload), m) for i, m in live]
+                WRITES.labels("item").inc(self._upsert(collection, records))
             if deleted and self._store.collection_exists(collection):
                 self._store.delete(collection, deleted)
                 WRITES.labels("item_deleted").inc(len(deleted))
         if batch.users:
-            users = list(batch.users.values())
             name = self._settings.users_collection
-            self._store.create_collection(name, users[0].array().shape[0])
-            self._store.upsert(name, [self._user_record(u) for u in users])
-            WRITES.labels("user").inc(len(users))
+            users = list(batch.users.values())
+            self._prepare_users_collection(users)
+            records = [(self._user_record(u), m) for u, m in users]
+            WRITES.labels("user").inc(self._upsert(name, records))
+
+    def _prepare_users_collection(self, users: list[tuple[UserVector, Message]]) -> None:
+        """Create ``users``, or recreate it when a newer model changed the vector size."""
+        name = self._settings.users_collection
+        newest = max(users, key=lambda pair: version_order(pair[0].model_version))[0]
+        size = newest.array().shape[0]
+        if self._store.collection_exists(name):
+            current = self._store.dimension(name)
+            announced = self._announced.get(newest.model_version)
+            if current == size or announced is None or announced.vector_size != size:
+                return
+            log.warning(
+                "user vector size changed with the model; recreating users",
+                extra={"from": current, "to": size, "version": newest.model_version},
+            )
+            self._store.drop_collection(name)
+        self._store.create_collection(name, size)
+
+    def _upsert(self, collection: str, records: list[tuple[VectorRecord, Message]]) -> int:
+        """Write a batch; if the store refuses it, write one by one and dead-letter the
+        records it refuses (wrong size, reserved payload key), so one bad vector never
+        blocks the topic."""
+        try:
+            self._store.upsert(collection, [record for record, _ in records])
+            return len(records)
+        except ValueError:
+            written = 0
+            for record, message in records:
+                try:
+                    self._store.upsert(collection, [record])
+                    written += 1
+                except ValueError as exc:
+                    self._dead_letters.send_message(message, f"refused by the store: {exc}")
+            return written
 
     @staticmethod
     def _user_record(user: UserVector) -> VectorRecord:

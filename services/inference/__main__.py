@@ -20,6 +20,13 @@ def main() -> None:
     settings = InferenceSettings()
     setup_logging("inference", settings.obs.log_level)
     stop = stop_on_signals()
+    service: InferenceService | None = None
+    health = None
+    if settings.obs.http_port:
+        # Up before anything slow, so probes see a live process that is not yet ready.
+        health = HealthServer(
+            settings.obs.http_port, lambda: service is not None and service.model is not None
+        ).start()
     wait_for_broker(settings.kafka)
     text_encoder = TextEncoder()
     cache = EmbeddingCache(settings.text_cache_dir)
@@ -28,9 +35,6 @@ def main() -> None:
     service = InferenceService(
         settings, producer, artifacts, lambda texts: cache.encode(text_encoder, list(texts))
     )
-    health = None
-    if settings.obs.http_port:
-        health = HealthServer(settings.obs.http_port, lambda: service.model is not None).start()
     consumer = make_consumer(settings.kafka, settings.group_id)
     consumer.subscribe(service.topics)
     log.info("inference started", extra={"topics": service.topics})

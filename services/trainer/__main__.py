@@ -37,6 +37,9 @@ def main() -> None:
     settings = TrainerSettings()
     setup_logging("trainer", settings.obs.log_level)
     stop = stop_on_signals()
+    health = None
+    if settings.obs.http_port:
+        health = HealthServer(settings.obs.http_port, lambda: True).start()
     wait_for_broker(settings.kafka)
     topics = Topics.from_settings(settings.kafka)
     artifacts = ArtifactStore(settings.artifacts.root, settings.artifacts.model_name)
@@ -51,9 +54,6 @@ def main() -> None:
     consumer = make_consumer(settings.kafka, settings.group_id)
     consumer.subscribe([topics.interactions, topics.items])
     event_log = EventLog(topics)
-    health = None
-    if settings.obs.http_port:
-        health = HealthServer(settings.obs.http_port, lambda: True).start()
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
     running: Future[TrainedVersion] | None = None

@@ -168,6 +168,12 @@ class UserVector(_VectorEvent):
     seen_item_ids: list[Identifier] = Field(default_factory=list)
     event_timestamp: Timestamp = Field(description="timestamp of the newest event it reflects")
 
+    @model_validator(mode="after")
+    def _needs_vector(self) -> UserVector:
+        if not self.vector:
+            raise ValueError("a user vector needs a vector")
+        return self
+
 
 class ItemVector(_VectorEvent):
     """Topic ``item-vectors``, key ``item_id``. ``deleted`` removes it from the index."""

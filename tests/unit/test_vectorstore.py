@@ -568,3 +568,12 @@ def test_open_store_qdrant(fake_qdrant: tuple[str, list[dict[str, str]]]) -> Non
         store.close()
     listing = [r for r in seen if r["path"].startswith("/collections")]
     assert listing and listing[0]["api-key"] == "secret"
+
+
+def test_dimension_of_collection_and_alias(store: VectorStore) -> None:
+    store.create_collection("items_v1", DIM)
+    store.set_alias("items", "items_v1")
+    assert store.dimension("items_v1") == DIM
+    assert store.dimension("items") == DIM
+    with pytest.raises(CollectionNotFound):
+        store.dimension("missing")

@@ -4,36 +4,39 @@
 # source: recsys/v1/ranking.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 7, 35, 1, "", "recsys/v1/ranking.proto"
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'recsys/v1/ranking.proto'
 )
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x17recsys/v1/ranking.proto\x12\trecsys.v1".\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05"O\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t"\x8f\x01\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t2X\n\x0eRankingService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponseb\x06proto3'
-)
+
+
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recsys/v1/ranking.proto\x12\trecsys.v1\".\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\"O\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\"\x8f\x01\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t2X\n\x0eRankingService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "recsys.v1.ranking_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.ranking_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_RECOMMENDREQUEST"]._serialized_start = 38
-    _globals["_RECOMMENDREQUEST"]._serialized_end = 84
-    _globals["_SCOREDITEM"]._serialized_start = 86
-    _globals["_SCOREDITEM"]._serialized_end = 165
-    _globals["_RECOMMENDRESPONSE"]._serialized_start = 168
-    _globals["_RECOMMENDRESPONSE"]._serialized_end = 311
-    _globals["_RANKINGSERVICE"]._serialized_start = 313
-    _globals["_RANKINGSERVICE"]._serialized_end = 401
+  DESCRIPTOR._loaded_options = None
+  _globals['_RECOMMENDREQUEST']._serialized_start=38
+  _globals['_RECOMMENDREQUEST']._serialized_end=84
+  _globals['_SCOREDITEM']._serialized_start=86
+  _globals['_SCOREDITEM']._serialized_end=165
+  _globals['_RECOMMENDRESPONSE']._serialized_start=168
+  _globals['_RECOMMENDRESPONSE']._serialized_end=311
+  _globals['_RANKINGSERVICE']._serialized_start=313
+  _globals['_RANKINGSERVICE']._serialized_end=401
 # @@protoc_insertion_point(module_scope)

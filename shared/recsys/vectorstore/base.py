@@ -98,6 +98,9 @@ class VectorStore(Protocol):
 
     def count(self, collection: str) -> int: ...
 
+    def dimension(self, collection: str) -> int:
+        """The vector size of a collection (or the one an alias points to)."""
+
     def optimize(self, collection: str) -> None:
         """Build the search index after a bulk load, before an alias points readers at it."""
 

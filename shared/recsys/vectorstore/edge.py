@@ -328,6 +328,9 @@ class EdgeVectorStore:
             out.append(SearchHit(str(payload.pop(ID_KEY)), float(hit.score), payload))
         return out
 
+    def dimension(self, collection: str) -> int:
+        return self._shard(collection).dim
+
     def count(self, collection: str) -> int:
         shard = self._shard(collection)
         return self._read(collection, lambda: shard.engine.count(qe.CountRequest(exact=True)))

@@ -201,6 +201,13 @@ class QdrantServerStore:
         with self._lock.read(), _not_found(collection):
             return self._client.count(collection, exact=True).count
 
+    def dimension(self, collection: str) -> int:
+        with self._lock.read(), _not_found(collection):
+            params = self._client.get_collection(collection).config.params.vectors
+        if not isinstance(params, models.VectorParams):
+            raise ValueError(f"collection {collection!r} has no single unnamed vector")
+        return int(params.size)
+
     def optimize(self, collection: str) -> None:
         """A no-op: the server builds HNSW in the background as segments fill."""
         self.resolve(collection)
