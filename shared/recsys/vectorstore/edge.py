@@ -62,6 +62,19 @@ def point_id(item_id: str) -> uuid.UUID:
     return uuid.uuid5(ID_NAMESPACE, item_id)
 
 
+def ordered_records(
+    found: Iterable[Any], ids: Sequence[str], with_vectors: bool
+) -> list[VectorRecord]:
+    """Engine records (either backend's) as VectorRecords in the order ``ids`` asked."""
+    by_id: dict[str, VectorRecord] = {}
+    for rec in found:
+        payload = dict(rec.payload or {})
+        item_id = str(payload.pop(ID_KEY))
+        vector = np.asarray(rec.vector if with_vectors else [], dtype=np.float32)
+        by_id[item_id] = VectorRecord(item_id, vector, payload)
+    return [by_id[i] for i in ids if i in by_id]
+
+
 def check_name(name: str) -> None:
     """Names become folder names, so they are restricted to a safe alphabet."""
     if not _NAME.match(name):
@@ -293,13 +306,7 @@ class EdgeVectorStore:
             collection,
             lambda: shard.engine.retrieve([point_id(i) for i in ids], True, with_vectors),
         )
-        by_id: dict[str, VectorRecord] = {}
-        for rec in found:
-            payload = dict(rec.payload or {})
-            item_id = str(payload.pop(ID_KEY))
-            vector = np.asarray(rec.vector if with_vectors else [], dtype=np.float32)
-            by_id[item_id] = VectorRecord(item_id, vector, payload)
-        return [by_id[i] for i in ids if i in by_id]
+        return ordered_records(found, ids, with_vectors)
 
     def search(
         self,

@@ -22,7 +22,13 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from recsys.vectorstore.base import CollectionNotFound, Filter, SearchHit, VectorRecord
-from recsys.vectorstore.edge import ID_KEY, check_name, check_payload, point_id
+from recsys.vectorstore.edge import (
+    ID_KEY,
+    check_name,
+    check_payload,
+    ordered_records,
+    point_id,
+)
 
 
 class QdrantServerStore:
@@ -160,13 +166,7 @@ class QdrantServerStore:
                 with_payload=True,
                 with_vectors=with_vectors,
             )
-        by_id: dict[str, VectorRecord] = {}
-        for rec in found:
-            payload = dict(rec.payload or {})
-            item_id = str(payload.pop(ID_KEY))
-            vector = np.asarray(rec.vector if with_vectors else [], dtype=np.float32)
-            by_id[item_id] = VectorRecord(item_id, vector, payload)
-        return [by_id[i] for i in ids if i in by_id]
+        return ordered_records(found, ids, with_vectors)
 
     def search(
         self,
