@@ -56,8 +56,15 @@ def run_demo(
     say(
         "demo",
         f"published {report.total} events in {report.seconds:.1f}s; waiting for the "
-        "first model to be trained, announced and indexed",
+        "feature service to process them and the first model to be trained and indexed",
     )
+    # Counted by the feature worker itself: every rating processed (or set aside).
+    stack.wait_for(
+        lambda: stack.metric_total("feature", "recsys_feature_events_total") >= report.interactions,
+        timeout_s,
+        "the feature service to process every rating",
+    )
+    say("demo", "every rating is in the users' sequences")
     with grpc.insecure_channel(stack.ranking_address) as channel:
         stub = ranking_pb2_grpc.RankingServiceStub(channel)
         stack.wait_for(

@@ -9,10 +9,13 @@ import os
 import shutil
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from recsys.devstack.broker import LocalBroker
 from recsys.devstack.ports import free_port, port_open
@@ -112,6 +115,21 @@ class LocalStack:
         self.wait_for(lambda: port_open(self.ranking_port), 120, "the ranking gRPC port")
         self.supervisor.say("stack", f"ranking gRPC on {self.ranking_address}")
         return self
+
+    def metric_total(self, service: str, name: str) -> float:
+        """Sum of a counter's samples on a service's /metrics endpoint (0 if unreachable)."""
+        url = f"http://127.0.0.1:{self.http_ports[service]}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0.0
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        )
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         """Poll ``condition`` until true; fail early, with its last logs, if a service died."""
