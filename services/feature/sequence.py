@@ -2,13 +2,17 @@
 
 Pure functions over plain JSON-able dicts (the faust table's values), so the rules are
 tested without a broker: duplicates by event_id change nothing, late events are placed
-by timestamp, and the state stays bounded.
+by timestamp, and the state stays bounded. This is the hot path of the feature worker,
+so it works on plain lists and serialises with orjson; :func:`to_user_sequence` is the
+validated reference the fast encoder is tested against.
 """
 
 from __future__ import annotations
 
 import bisect
 from typing import Any, TypedDict
+
+import orjson
 
 from recsys.events import InteractionEvent, SequenceEntry, UserSequence
 
@@ -37,37 +41,64 @@ def apply_interaction(
         return current, False
 
     entries = list(current["entries"])
-    timestamps = [e["timestamp"] for e in entries]
-    # bisect_right keeps arrival order among equal timestamps.
-    position = bisect.bisect_right(timestamps, event.timestamp)
-    entry = SequenceEntry(
-        event_id=event.event_id,
-        item_id=event.item_id,
-        event_type=event.event_type,
-        timestamp=event.timestamp,
-        value=event.value,
-    ).model_dump(exclude_none=True)
-    entries.insert(position, entry)
+    entry: dict[str, Any] = {
+        "event_id": event.event_id,
+        "item_id": event.item_id,
+        "event_type": event.event_type,
+        "timestamp": event.timestamp,
+    }
+    if event.value is not None:
+        entry["value"] = event.value
+    if not entries or entries[-1]["timestamp"] <= event.timestamp:
+        entries.append(entry)  # the common case: events arrive in time order
+    else:
+        # bisect_right keeps arrival order among equal timestamps.
+        position = bisect.bisect_right([e["timestamp"] for e in entries], event.timestamp)
+        entries.insert(position, entry)
     del entries[: max(0, len(entries) - max_length)]
 
-    seen = [item for item in current["seen"] if item != event.item_id]
+    seen = list(current["seen"])
+    if event.item_id in seen:
+        seen.remove(event.item_id)
     seen.append(event.item_id)
     del seen[: max(0, len(seen) - max_seen)]
 
-    event_ids = [*current["event_ids"], event.event_id][-dedupe_window:]
-    return {"entries": entries, "seen": seen, "event_ids": event_ids}, True
+    event_ids = current["event_ids"][-(dedupe_window - 1) :] if dedupe_window > 1 else []
+    return {"entries": entries, "seen": seen, "event_ids": [*event_ids, event.event_id]}, True
+
+
+def _sequence_fields(user_id: str, state: UserState, last: InteractionEvent) -> dict[str, Any]:
+    return {
+        "event_id": f"{user_id}:{last.event_id}",
+        "user_id": user_id,
+        "entries": state["entries"],
+        "seen_item_ids": state["seen"],
+        "last_event_id": last.event_id,
+        # The newest event reflected, not the latest arrival: a late event must not make
+        # the sequence look older than the one it replaces.
+        "last_event_timestamp": max(
+            last.timestamp, state["entries"][-1]["timestamp"] if state["entries"] else 0.0
+        ),
+    }
 
 
 def to_user_sequence(user_id: str, state: UserState, last: InteractionEvent) -> UserSequence:
-    return UserSequence(
-        event_id=f"{user_id}:{last.event_id}",
-        user_id=user_id,
-        entries=[SequenceEntry.model_validate(e) for e in state["entries"]],
-        seen_item_ids=state["seen"],
-        last_event_id=last.event_id,
-        # The newest event reflected, not the latest arrival: a late event must not make
-        # the sequence look older than the one it replaces.
-        last_event_timestamp=max(
-            [last.timestamp, *(entry["timestamp"] for entry in state["entries"])]
-        ),
-    )
+    fields = _sequence_fields(user_id, state, last)
+    fields["entries"] = [SequenceEntry.model_validate(e) for e in state["entries"]]
+    return UserSequence.model_validate(fields)
+
+
+def encode_user_sequence(user_id: str, state: UserState, last: InteractionEvent) -> bytes:
+    """The ``UserSequence`` message for the state, serialised without re-validation."""
+    return orjson.dumps(_sequence_fields(user_id, state, last))
+
+
+def encode_state(state: UserState) -> bytes:
+    return orjson.dumps(state)
+
+
+def decode_state(raw: bytes | None) -> UserState | None:
+    if raw is None:
+        return None
+    state: UserState = orjson.loads(raw)
+    return state

@@ -17,7 +17,10 @@ class FeatureSettings(BaseSettings):
     max_sequence_length: int = Field(50, ge=1, le=1_000, description="interactions kept")
     max_seen_items: int = Field(1_000, ge=0, description="distinct items kept for exclusion")
     dedupe_window: int = Field(500, ge=1, description="recent event ids kept per user")
+    batch_size: int = Field(1_000, ge=1, description="events applied per batch")
+    batch_wait_ms: int = Field(10, ge=1, description="longest wait to fill a batch")
     data_dir: Path = Field(Path(".data/feature"), description="faust worker data folder")
+    producer_linger_ms: int = Field(5, ge=0, description="changelog producer linger")
     producer_max_batch_size: int = Field(
         16_384, ge=1, description="faust producer batch; 1 makes Tansu's recovery exact"
     )

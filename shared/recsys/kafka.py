@@ -35,6 +35,9 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> Producer:
         "linger.ms": 5,
         "acks": "all",
         "compression.type": "none",
+        # Java-compatible murmur2, the partitioner of Kafka's own clients and of faust:
+        # a user's events and the feature table's changelog land on the same partition.
+        "partitioner": "murmur2_random",
         # Redelivered events are deduplicated by event_id downstream, so plain retries suffice.
         "enable.idempotence": False,
     }

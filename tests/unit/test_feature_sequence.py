@@ -8,7 +8,15 @@ import itertools
 import pytest
 
 from recsys.events import InteractionEvent, UserSequence
-from services.feature.sequence import UserState, apply_interaction, empty_state, to_user_sequence
+from services.feature.sequence import (
+    UserState,
+    apply_interaction,
+    decode_state,
+    empty_state,
+    encode_state,
+    encode_user_sequence,
+    to_user_sequence,
+)
 
 BIG = 1_000
 
@@ -264,3 +272,24 @@ def test_to_user_sequence_of_one_event() -> None:
     assert sequence.last_event_id == "only"
     assert sequence.last_event_timestamp == 123.5
     assert sequence.entries[0].event_type == "purchase"
+
+
+def test_fast_encoding_matches_the_validated_sequence() -> None:
+    state = None
+    events = [
+        InteractionEvent(
+            event_id=f"e{i}",
+            user_id="u",
+            item_id=f"i{i % 3}",
+            event_type="rating",
+            timestamp=10.0 - i,
+            value=float(i),
+        )
+        for i in range(5)
+    ]
+    for event in events:
+        state, _ = apply_interaction(state, event, max_length=4, max_seen=10, dedupe_window=10)
+    assert state is not None
+    fast = UserSequence.model_validate_json(encode_user_sequence("u", state, events[-1]))
+    assert fast == to_user_sequence("u", state, events[-1])
+    assert decode_state(encode_state(state)) == state

@@ -1,0 +1,1 @@
+"""Checks of the deployment files (deploy/, docker-compose*.yml) against the code."""
