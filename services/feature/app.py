@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from prometheus_client import Counter
 
 from recsys.events import InteractionEvent, InvalidEvent, parse_event
 from recsys.kafka import build_dead_letter, make_producer, produce
+from recsys.settings import KafkaSettings
 from recsys.topics import Topics
 from services.feature.sequence import (
     UserState,
@@ -47,6 +49,20 @@ def _raise_on_failure(error: KafkaError | None, message: Message) -> None:
         raise KafkaException(error)
 
 
+def _faust_credentials(kafka: KafkaSettings) -> Any:
+    """The same security settings librdkafka gets (recsys.kafka), in faust's terms."""
+    uses_tls = kafka.security_protocol in ("SSL", "SASL_SSL")
+    context = ssl.create_default_context(cafile=kafka.ssl_ca_location or None) if uses_tls else None
+    if kafka.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value(),
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context) if context is not None else None
+
+
 def _faust_broker(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(","))
 
@@ -69,6 +85,7 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
         producer_linger=settings.producer_linger_ms / 1000,
         # Tansu cannot run aiokafka's idempotent producer; events carry ids instead.
         processing_guarantee="at_least_once",
+        broker_credentials=_faust_credentials(kafka),
         web_enabled=False,
         table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",

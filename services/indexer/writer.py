@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
 from recsys.artifacts import version_number
 from recsys.events import InvalidEvent, ItemVector, ModelUpdate, UserVector, parse_event
-from recsys.kafka import DeadLetterSink, make_consumer, make_producer, usable
+from recsys.kafka import (
+    DeadLetterSink,
+    make_consumer,
+    make_producer,
+    make_replay_consumer,
+    usable,
+)
 from recsys.topics import Topics
 from recsys.vectorstore import VectorRecord, VectorStore
 from services.indexer.settings import IndexerSettings
@@ -66,10 +71,9 @@ class IndexWriter:
         self._vectors: Consumer = make_consumer(settings.kafka, settings.group_id)
         self._vectors.subscribe([self._topics.item_vectors, self._topics.user_vectors])
         # Announcements: read whole at every start, never committed.
-        self._updates: Consumer = make_consumer(
-            settings.kafka, f"{settings.group_id}-updates-{uuid.uuid4().hex[:8]}"
+        self._updates: Consumer = make_replay_consumer(
+            settings.kafka, self._topics.model_updates, settings.group_id
         )
-        self._updates.assign([TopicPartition(self._topics.model_updates, 0, OFFSET_BEGINNING)])
         self._announced: dict[str, ModelUpdate] = {}
         self.serving_version: str | None = self._current_serving()
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import logging
 
 from recsys.artifacts import ArtifactStore
-from recsys.kafka import make_consumer, make_producer, usable, wait_for_broker
+from recsys.kafka import (
+    make_consumer,
+    make_producer,
+    make_replay_consumer,
+    usable,
+    wait_for_broker,
+)
 from recsys.lifecycle import stop_on_signals
 from recsys.logs import setup_logging
 from recsys.model.text_encoder import EmbeddingCache, TextEncoder
@@ -36,16 +42,20 @@ def main() -> None:
         settings, producer, artifacts, lambda texts: cache.encode(text_encoder, list(texts))
     )
     consumer = make_consumer(settings.kafka, settings.group_id)
-    consumer.subscribe(service.topics)
-    log.info("inference started", extra={"topics": service.topics})
+    consumer.subscribe(service.partitioned_topics)
+    # Every replica must see every model announcement, so they are read outside the group.
+    announcements = make_replay_consumer(settings.kafka, service.announcement_topic, "inference")
+    log.info("inference started", extra={"topics": service.partitioned_topics})
     wait_s = settings.max_wait_ms / 1000
     try:
         while not stop.is_set():
-            messages = usable(consumer.consume(settings.max_batch_size, wait_s or 0.001))
+            messages = usable(announcements.consume(100, 0.001))
+            messages += usable(consumer.consume(settings.max_batch_size, wait_s or 0.001))
             if messages:
                 service.handle(messages)
     finally:
         consumer.close()
+        announcements.close()
         producer.flush(10)
         if health:
             health.stop()

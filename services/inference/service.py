@@ -67,8 +67,14 @@ class InferenceService:
         self._pending_items: dict[str, None] = {}
 
     @property
-    def topics(self) -> list[str]:
-        return [self._topics.model_updates, self._topics.items, self._topics.user_sequences]
+    def partitioned_topics(self) -> list[str]:
+        """Shared among replicas by the consumer group."""
+        return [self._topics.items, self._topics.user_sequences]
+
+    @property
+    def announcement_topic(self) -> str:
+        """Read whole by every replica."""
+        return self._topics.model_updates
 
     def handle(self, messages: Sequence[Message]) -> None:
         """Apply one polled batch, then encode and publish what it changed."""

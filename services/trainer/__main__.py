@@ -43,7 +43,7 @@ def main() -> None:
     wait_for_broker(settings.kafka)
     topics = Topics.from_settings(settings.kafka)
     artifacts = ArtifactStore(settings.artifacts.root, settings.artifacts.model_name)
-    cache = EmbeddingCache(settings.artifacts.root / "text-cache")
+    cache = EmbeddingCache(settings.text_cache_dir or settings.artifacts.root / "text-cache")
     policy = RetrainPolicy(
         settings.min_interactions,
         settings.retrain_threshold,

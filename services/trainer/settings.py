@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -24,6 +26,9 @@ class TrainerSettings(BaseSettings):
     )
     interval_seconds: float = Field(
         0, ge=0, description="retrain this often when anything new arrived (0 = off)"
+    )
+    text_cache_dir: Path | None = Field(
+        None, description="item-text embedding cache; default <artifacts root>/text-cache"
     )
     model: ModelSettings = Field(default_factory=ModelSettings)
 

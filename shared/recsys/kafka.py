@@ -5,10 +5,19 @@ from __future__ import annotations
 import base64
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from recsys.events import DeadLetter
@@ -23,11 +32,20 @@ class BrokerUnavailable(RuntimeError):
 
 
 def _base_config(settings: KafkaSettings) -> dict[str, Any]:
-    return {
+    config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "security.protocol": settings.security_protocol,
         "client.id": "recsys",
     }
+    if settings.sasl_mechanism:
+        config |= {
+            "sasl.mechanism": settings.sasl_mechanism,
+            "sasl.username": settings.sasl_username,
+            "sasl.password": settings.sasl_password.get_secret_value(),
+        }
+    if settings.ssl_ca_location:
+        config["ssl.ca.location"] = settings.ssl_ca_location
+    return config
 
 
 def make_producer(settings: KafkaSettings, **overrides: Any) -> Producer:
@@ -66,8 +84,20 @@ def make_consumer(
     return Consumer(config | overrides)
 
 
-def wait_for_broker(settings: KafkaSettings, timeout_s: float = 30.0) -> None:
+def make_replay_consumer(settings: KafkaSettings, topic: str, name: str) -> Consumer:
+    """A consumer that reads every partition of ``topic`` from the beginning, outside any
+    group: each replica of a service sees every message (model announcements), and
+    nothing is committed."""
+    consumer = make_consumer(settings, f"{name}-replay-{uuid.uuid4().hex[:8]}")
+    metadata = consumer.list_topics(topic, timeout=30)
+    partitions = metadata.topics[topic].partitions if topic in metadata.topics else {0: None}
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(partitions)])
+    return consumer
+
+
+def wait_for_broker(settings: KafkaSettings, timeout_s: float | None = None) -> None:
     """Block until the broker answers a metadata request, or raise BrokerUnavailable."""
+    timeout_s = settings.connect_timeout_s if timeout_s is None else timeout_s
     admin = AdminClient(_base_config(settings))
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,7 +25,18 @@ class KafkaSettings(BaseSettings):
     replication_factor: int = Field(1, ge=1, description="replication of created topics")
     session_timeout_ms: int = Field(45_000, ge=1_000, description="consumer group session")
     heartbeat_interval_ms: int = Field(3_000, ge=100, description="consumer group heartbeat")
-    security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_SSL, ...")
+    security_protocol: str = Field(
+        "PLAINTEXT",
+        pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    )
+    sasl_mechanism: str = Field("", description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or empty")
+    sasl_username: str = Field("", description="SASL user")
+    sasl_password: SecretStr = Field(SecretStr(""), description="SASL password")
+    ssl_ca_location: str = Field("", description="CA bundle for SSL/SASL_SSL, if not the system's")
+    connect_timeout_s: float = Field(
+        30.0, gt=0, description="how long a starting service waits for the broker"
+    )
 
 
 class StoreSettings(BaseSettings):

@@ -32,6 +32,9 @@ ALL_TOPICS = (
 )
 # One partition keeps model announcements totally ordered.
 SINGLE_PARTITION = frozenset({MODEL_UPDATES})
+# Replayed from the beginning by the trainer, inference and the indexer: kept forever
+# (with tiered storage in production) rather than for the broker's default 7 days.
+KEEP_FOREVER = frozenset({INTERACTIONS, ITEMS, MODEL_UPDATES})
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ def create_topics(settings: KafkaSettings, timeout_s: float = 30.0) -> list[str]
         if name in existing:
             continue
         config = {"cleanup.policy": "compact"} if base in COMPACTED else {}
+        if base in KEEP_FOREVER:
+            config["retention.ms"] = "-1"
         partitions = 1 if base in SINGLE_PARTITION else settings.partitions
         wanted.append(NewTopic(name, partitions, settings.replication_factor, config=config))
     if not wanted:

@@ -83,7 +83,9 @@ class LocalStack:
             "RECSYS_ARTIFACTS_ROOT": str(work / "artifacts"),
             "RECSYS_STORE_PATH": str(work / "vectors"),
             "RECSYS_FEATURE_DATA_DIR": str(work / "feature"),
-            "RECSYS_INFERENCE_TEXT_CACHE_DIR": str(work / "text-cache"),
+            # Outside the per-run state, so a second `make run` skips re-encoding titles.
+            "RECSYS_INFERENCE_TEXT_CACHE_DIR": str(work / "text-cache" / "inference"),
+            "RECSYS_TRAINER_TEXT_CACHE_DIR": str(work / "text-cache" / "trainer"),
             "RECSYS_RANKING_PORT": str(self.ranking_port),
             "RECSYS_TRAINER_MIN_INTERACTIONS": str(self.config.trainer_min_interactions),
             "RECSYS_TRAINER_QUIET_SECONDS": str(self.config.trainer_quiet_seconds),
