@@ -80,6 +80,7 @@ def make_consumer(
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": settings.heartbeat_interval_ms,
         "max.poll.interval.ms": max(300_000, settings.session_timeout_ms),
+        "fetch.wait.max.ms": settings.fetch_max_wait_ms,
     }
     return Consumer(config | overrides)
 

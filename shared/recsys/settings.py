@@ -34,6 +34,9 @@ class KafkaSettings(BaseSettings):
     sasl_username: str = Field("", description="SASL user")
     sasl_password: SecretStr = Field(SecretStr(""), description="SASL password")
     ssl_ca_location: str = Field("", description="CA bundle for SSL/SASL_SSL, if not the system's")
+    fetch_max_wait_ms: int = Field(
+        500, ge=1, description="how long the broker may hold a fetch with no data"
+    )
     connect_timeout_s: float = Field(
         30.0, gt=0, description="how long a starting service waits for the broker"
     )

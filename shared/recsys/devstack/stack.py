@@ -80,6 +80,8 @@ class LocalStack:
             # Tansu makes group joins wait half the session timeout (INFRA notes).
             "RECSYS_KAFKA_SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
             "RECSYS_KAFKA_HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
+            # Tansu answers an idle fetch late; a short wait keeps every hop quick.
+            "RECSYS_KAFKA_FETCH_MAX_WAIT_MS": "10",
             "RECSYS_ARTIFACTS_ROOT": str(work / "artifacts"),
             "RECSYS_STORE_PATH": str(work / "vectors"),
             "RECSYS_FEATURE_DATA_DIR": str(work / "feature"),

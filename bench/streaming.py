@@ -1,0 +1,404 @@
+"""Streaming path benchmark: events in through Kafka, fresh user vectors out.
+
+Starts the whole local stack (the same wiring as ``make run``) on a fresh broker, trains a
+first model on a warm-up stream of a synthetic catalogue, then measures:
+
+- throughput: a burst of events published as fast as possible, timed until every user's
+  vector on ``user-vectors`` reflects that user's last event (events/s end to end);
+- freshness at a fixed rate: while a background stream runs at ``--rate`` events/s, probe
+  users buy their current top item; freshness is the time from the event's timestamp
+  until a ranking query over gRPC no longer returns that item (p50/p95/p99);
+- the inference batch-size histogram (from the inference service's /metrics);
+- ONNX Runtime vs torch eager for the served user encoder on the same batch (ratio).
+
+Writes ``bench/results/streaming.json``. Figures on a shared 2-core machine are noisy:
+medians and ratios matter, not single values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import orjson
+import torch
+
+from recsys.artifacts import ArtifactStore
+from recsys.data import synthetic
+from recsys.devstack.demo import personalised_ready, recommend
+from recsys.devstack.stack import LocalStack, StackConfig
+from recsys.devstack.supervisor import Supervisor
+from recsys.events import EVENT_TYPE_IDS, InteractionEvent
+from recsys.kafka import make_consumer, make_producer, produce, usable
+from recsys.model.onnx_runtime import OnnxUserEncoder
+from recsys.model.user_encoder import RecencyWeightedMean, type_weight_vector
+from recsys.publish import publish_events
+from recsys.topics import Topics
+from recsys.v1 import ranking_pb2_grpc
+from services.trainer.model_settings import ModelSettings
+
+RESULTS = Path(__file__).parent / "results" / "streaming.json"
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+class VectorWatcher:
+    """Follows ``user-vectors`` (each user's newest reflected event timestamp) and
+    ``user-sequences``, noting when the messages that carry probe events were written."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self._topics = Topics.from_settings(stack.kafka)
+        self._consumer = make_consumer(stack.kafka, f"bench-watch-{time.time_ns()}")
+        self._consumer.subscribe([self._topics.user_vectors, self._topics.user_sequences])
+        self.newest: dict[str, float] = {}
+        self.stage_times: dict[tuple[str, str], float] = {}  # (stage, probe id) -> seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for message in usable(self._consumer.consume(5_000, 0.1)):
+                value = orjson.loads(message.value() or b"{}")
+                written = message.timestamp()[1] / 1000
+                if message.topic() == self._topics.user_sequences:
+                    if value["last_event_id"].startswith("probe-"):
+                        self.stage_times[("sequence", value["last_event_id"])] = written
+                    continue
+                user, ts = value["user_id"], value["event_timestamp"]
+                if ts > self.newest.get(user, -1.0):
+                    self.newest[user] = ts
+                probe = value["event_id"].rpartition(":")[2]
+                if probe.startswith("probe-"):
+                    self.stage_times.setdefault(("vector", probe), written)
+
+    def caught_up(self, last_event: dict[str, float]) -> bool:
+        newest = self.newest
+        return all(newest.get(u, -1.0) >= ts for u, ts in last_event.items())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+def cpu_seconds(stack: LocalStack) -> dict[str, float]:
+    """User+system CPU seconds each service process has used so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for child in stack.supervisor.children:
+        if child.process is None:
+            continue
+        fields = Path(f"/proc/{child.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used[child.name] = (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def measure_throughput(
+    stack: LocalStack, watcher: VectorWatcher, cat: synthetic.SyntheticCatalogue, args: Any
+) -> dict[str, float]:
+    events = list(
+        synthetic.interactions(
+            cat, args.users, args.burst, start=time.time(), seed=23, id_prefix="burst"
+        )
+    )
+    last_event: dict[str, float] = {}
+    for event in events:
+        last_event[event.user_id] = event.timestamp
+    cpu_before = cpu_seconds(stack)
+    started = time.monotonic()
+    publish_events(stack.kafka, [], events, progress=False)
+    published = time.monotonic() - started
+    stack.wait_for(lambda: watcher.caught_up(last_event), args.timeout, "the burst's vectors")
+    elapsed = time.monotonic() - started
+    cpu_after = cpu_seconds(stack)
+    per_1k = {
+        name: round((cpu_after[name] - cpu_before.get(name, 0.0)) / len(events) * 1000, 3)
+        for name in cpu_after
+    }
+    return {
+        # CPU seconds each service spent per 1,000 events: independent of machine load.
+        "cpu_seconds_per_1k_events": per_1k,
+        "events": len(events),
+        "users": len(last_event),
+        "publish_seconds": round(published, 2),
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(len(events) / elapsed, 1),
+    }
+
+
+class SteadyStream(threading.Thread):
+    """Publishes synthetic events at a fixed rate until stopped."""
+
+    def __init__(self, stack: LocalStack, cat: synthetic.SyntheticCatalogue, args: Any) -> None:
+        super().__init__(daemon=True)
+        self._stack, self._cat, self._args = stack, cat, args
+        self._stop_event = threading.Event()
+        self.sent = 0
+        self.started = self.stopped = 0.0
+
+    def run(self) -> None:
+        producer = make_producer(self._stack.kafka)
+        topic = Topics.from_settings(self._stack.kafka).interactions
+        started = self.started = time.monotonic()
+        chunk = 0
+        while not self._stop_event.is_set():
+            chunk += 1
+            stream = synthetic.interactions(
+                self._cat,
+                self._args.users,
+                5_000,
+                start=time.time(),
+                seed=31 + chunk,
+                id_prefix=f"steady{chunk}",
+            )
+            self._publish(producer, topic, stream, started)
+        producer.flush(10)
+
+    def _publish(self, producer: Any, topic: str, stream: Any, started: float) -> None:
+        for event in stream:
+            if self._stop_event.is_set():
+                return
+            due = started + self.sent / self._args.rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                self._stop_event.wait(delay)
+            stamped = event.model_copy(update={"timestamp": time.time()})
+            produce(producer, topic, stamped.user_id, stamped.to_bytes())
+            self.sent += 1
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(15)
+        self.stopped = time.monotonic()
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.sent / max(1e-9, self.stopped - self.started)
+
+
+def probe_freshness(
+    stack: LocalStack,
+    stub: ranking_pb2_grpc.RankingServiceStub,
+    users: list[str],
+    duration_s: float,
+) -> list[float]:
+    """Each probe buys the user's top item, then polls until the ranking drops it."""
+    producer = make_producer(stack.kafka)
+    topic = Topics.from_settings(stack.kafka).interactions
+    samples: list[float] = []
+    self_probes: list[tuple[str, float, float]] = []  # probe id, event time, visible time
+    deadline = time.monotonic() + duration_s
+    n = 0
+    while time.monotonic() < deadline:
+        user = users[n % len(users)]
+        n += 1
+        top = recommend(stub, user, k=10)
+        if top.fallback or not top.items:
+            continue
+        item = top.items[0].item_id
+        event = InteractionEvent(
+            event_id=f"probe-{n}-{time.time_ns()}",
+            user_id=user,
+            item_id=item,
+            event_type="purchase",
+            timestamp=time.time(),
+        )
+        produce(producer, topic, user, event.to_bytes())
+        producer.flush(5)
+        give_up = time.monotonic() + 10
+        while time.monotonic() < give_up:
+            ranked = [i.item_id for i in recommend(stub, user, k=10).items]
+            if item not in ranked:
+                visible = time.time()
+                samples.append((visible - event.timestamp) * 1000)
+                self_probes.append((event.event_id, event.timestamp, visible))
+                break
+            time.sleep(0.002)  # polling cadence of the probe, not synchronisation
+    PROBES.extend(self_probes)
+    return samples
+
+
+PROBES: list[tuple[str, float, float]] = []
+
+
+def stage_breakdown(watcher: VectorWatcher) -> dict[str, float]:
+    """Median milliseconds of each hop for the probes whose every stage was observed."""
+    hops: dict[str, list[float]] = {
+        "event_to_sequence": [],
+        "sequence_to_vector": [],
+        "vector_to_visible": [],
+    }
+    for probe, event_at, visible_at in PROBES:
+        sequence_at = watcher.stage_times.get(("sequence", probe))
+        vector_at = watcher.stage_times.get(("vector", probe))
+        if sequence_at is None or vector_at is None:
+            continue
+        hops["event_to_sequence"].append((sequence_at - event_at) * 1000)
+        hops["sequence_to_vector"].append((vector_at - sequence_at) * 1000)
+        hops["vector_to_visible"].append((visible_at - vector_at) * 1000)
+    return {hop: round(statistics.median(v), 1) if v else float("nan") for hop, v in hops.items()}
+
+
+def batch_histogram(stack: LocalStack) -> dict[str, float]:
+    buckets: dict[str, float] = {}
+    previous = 0.0
+    url = f"http://127.0.0.1:{stack.http_ports['inference']}/metrics"
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name != "recsys_inference_batch_size":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                # Cumulative buckets -> per-bucket counts.
+                buckets[f"<={sample.labels['le']}"] = sample.value - previous
+                previous = sample.value
+    return buckets
+
+
+def onnx_vs_torch(artifacts: ArtifactStore, batch: int, repeats: int) -> dict[str, float]:
+    loaded = artifacts.load()
+    encoder = OnnxUserEncoder(loaded.onnx_path, prefer_cuda=True, intra_op_threads=1)
+    fields = {k: v for k, v in loaded.manifest.hyperparameters.items() if k != "model"}
+    settings = ModelSettings.model_validate(fields)
+    module = RecencyWeightedMean(settings.half_life, type_weight_vector(settings.type_weights))
+    module.eval()
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((batch, encoder.max_len, encoder.dim)).astype(np.float32)
+    types = rng.integers(1, len(EVENT_TYPE_IDS) + 1, size=(batch, encoder.max_len))
+    torch.set_num_threads(1)
+
+    def timed(fn: Any) -> float:
+        fn()
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - started)
+        return statistics.median(runs)
+
+    onnx_s = timed(lambda: encoder.encode(vectors, types))
+    tv, tt = torch.from_numpy(vectors), torch.from_numpy(types)
+
+    def eager() -> None:
+        with torch.inference_mode():
+            module(tv, tt)
+
+    torch_s = timed(eager)
+    return {
+        "batch": batch,
+        "onnx_ms": round(onnx_s * 1000, 3),
+        "torch_eager_ms": round(torch_s * 1000, 3),
+        "onnx_sequences_per_s": round(batch / onnx_s, 1),
+        "onnx_vs_torch_speedup": round(torch_s / onnx_s, 2),
+        "providers": encoder.providers,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--warmup", type=int, default=20_000, help="events before training")
+    parser.add_argument("--burst", type=int, default=30_000, help="events for throughput")
+    parser.add_argument("--rate", type=float, default=1_000.0, help="events/s for freshness")
+    parser.add_argument("--duration", type=float, default=30.0, help="freshness seconds")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    log = io.StringIO()
+    work = Path(tempfile.mkdtemp(prefix="recsys-bench-"))
+    config = StackConfig(
+        workdir=work,
+        trainer_min_interactions=args.warmup,
+        trainer_quiet_seconds=2.0,
+        log_level="WARNING",
+        extra_env={"RECSYS_TRAINER_RETRAIN_THRESHOLD": str(10**9)},
+    )
+    cat = synthetic.catalogue(args.items)
+    with LocalStack(config, Supervisor(out=log, colour=False)) as stack:
+        warm = list(synthetic.interactions(cat, args.users, args.warmup, start=time.time() - 3600))
+        print(f"warm-up: {len(cat.items)} items, {len(warm)} events; training a first model")
+        publish_events(stack.kafka, cat.items, warm, progress=False)
+        probe_users = list(dict.fromkeys(e.user_id for e in reversed(warm)))[:50]
+        with grpc.insecure_channel(stack.ranking_address) as channel:
+            stub = ranking_pb2_grpc.RankingServiceStub(channel)
+            stack.wait_for(
+                lambda: personalised_ready(stub, probe_users[:5]), args.timeout, "a first model"
+            )
+            stack.wait_for(
+                lambda: stack.metric_total("feature", "recsys_feature_events_total") >= len(warm),
+                args.timeout,
+                "the warm-up stream",
+            )
+            watcher = VectorWatcher(stack)
+            print(f"throughput: a burst of {args.burst} events")
+            throughput = measure_throughput(stack, watcher, cat, args)
+            print(json.dumps(throughput))
+
+            print(f"freshness: {args.rate:.0f} events/s for {args.duration:.0f}s with probes")
+            steady = SteadyStream(stack, cat, args)
+            steady.start()
+            processed_before = stack.metric_total("feature", "recsys_feature_events_total")
+            samples = probe_freshness(stack, stub, probe_users, args.duration)
+            steady.stop()
+            processed = stack.metric_total("feature", "recsys_feature_events_total")
+            achieved_rate = steady.achieved_rate
+            stack.wait_for(
+                lambda: all(("vector", p) in watcher.stage_times for p, _, _ in PROBES),
+                10,
+                "the probes' vectors on the topic",
+            )
+            stages = stage_breakdown(watcher)
+            watcher.close()
+        histogram = batch_histogram(stack)
+        speed = onnx_vs_torch(ArtifactStore(work / "artifacts", "recsys"), batch=256, repeats=20)
+    (work / "stack.log").write_text(log.getvalue())
+
+    result = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads visible, CPU only",
+        "users": args.users,
+        "items": args.items,
+        "events_per_s": throughput["events_per_s"],
+        "throughput": throughput,
+        "rate": args.rate,
+        "achieved_rate": round(achieved_rate, 1),
+        "freshness_ms": {
+            "p50": round(percentile(samples, 50), 1),
+            "p95": round(percentile(samples, 95), 1),
+            "p99": round(percentile(samples, 99), 1),
+            "samples": len(samples),
+            "median_by_stage": stages,
+        },
+        "backlog_after_rate_test": round(steady.sent + processed_before - processed, 0),
+        "inference_batch_size_histogram": histogram,
+        "onnx_vs_torch_speedup": speed["onnx_vs_torch_speedup"],
+        "onnx_vs_torch": speed,
+    }
+    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {args.out}; stack logs in {work / 'stack.log'}")
+
+
+if __name__ == "__main__":
+    main()
