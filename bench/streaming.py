@@ -41,6 +41,7 @@ from recsys.devstack.stack import LocalStack, StackConfig
 from recsys.devstack.supervisor import Supervisor
 from recsys.events import EVENT_TYPE_IDS, InteractionEvent
 from recsys.kafka import make_consumer, make_producer, produce, usable
+from recsys.model.contrastive import ContrastiveConfig, UserTower
 from recsys.model.onnx_runtime import OnnxUserEncoder
 from recsys.model.user_encoder import RecencyWeightedMean, type_weight_vector
 from recsys.publish import publish_events
@@ -277,9 +278,14 @@ def batch_histogram(stack: LocalStack) -> dict[str, float]:
 def onnx_vs_torch(artifacts: ArtifactStore, batch: int, repeats: int) -> dict[str, float]:
     loaded = artifacts.load()
     encoder = OnnxUserEncoder(loaded.onnx_path, prefer_cuda=True, intra_op_threads=1)
-    fields = {k: v for k, v in loaded.manifest.hyperparameters.items() if k != "model"}
-    settings = ModelSettings.model_validate(fields)
-    module = RecencyWeightedMean(settings.half_life, type_weight_vector(settings.type_weights))
+    hyperparameters = loaded.manifest.hyperparameters
+    module: torch.nn.Module
+    if hyperparameters.get("model") == "contrastive":
+        # Same architecture as the served graph; timing does not depend on the weights.
+        module = UserTower(ContrastiveConfig.model_validate(hyperparameters["contrastive"]))
+    else:
+        settings = ModelSettings(kind="recency_mean", max_seq_len=encoder.max_len)
+        module = RecencyWeightedMean(settings.half_life, type_weight_vector(settings.type_weights))
     module.eval()
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((batch, encoder.max_len, encoder.dim)).astype(np.float32)

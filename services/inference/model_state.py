@@ -9,7 +9,7 @@ import numpy as np
 
 from recsys.artifacts import ArtifactStore
 from recsys.events import EVENT_TYPE_IDS, UserSequence
-from recsys.model.onnx_runtime import OnnxUserEncoder, pad_left
+from recsys.model.onnx_runtime import OnnxItemEncoder, OnnxUserEncoder, pad_left
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 class ServingModel:
     version: str
     encoder: OnnxUserEncoder
+    item_encoder: OnnxItemEncoder
     item_rows: dict[str, int]
     item_matrix: np.ndarray
     # Items first seen after training, encoded here from their text.
@@ -32,6 +33,9 @@ class ServingModel:
         encoder = OnnxUserEncoder(
             loaded.onnx_path, prefer_cuda=prefer_cuda, intra_op_threads=intra_op_threads
         )
+        item_encoder = OnnxItemEncoder(
+            loaded.item_encoder_path, prefer_cuda=prefer_cuda, intra_op_threads=intra_op_threads
+        )
         ids = loaded.item_ids
         log.info(
             "model loaded",
@@ -40,6 +44,7 @@ class ServingModel:
         return cls(
             version=version,
             encoder=encoder,
+            item_encoder=item_encoder,
             item_rows={item_id: row for row, item_id in enumerate(ids)},
             item_matrix=loaded.item_vectors,
         )

@@ -166,7 +166,8 @@ class InferenceService:
                 to_encode.append(item)
         for start in range(0, len(to_encode), 64):
             chunk = to_encode[start : start + 64]
-            vectors = self._encode_texts([item.text() for item in chunk])
+            # The served version's text tower maps the text embedding into its space.
+            vectors = model.item_encoder.encode(self._encode_texts([item.text() for item in chunk]))
             for item, vector in zip(chunk, vectors, strict=True):
                 model.extra_items[item.item_id] = vector
                 event = ItemVector(

@@ -1,10 +1,18 @@
-"""Hyperparameters of the foundation model (text item tower + recency-weighted user tower)."""
+"""Which model the trainer fits, and its hyperparameters; recorded in every manifest.
+
+``contrastive`` (default) is the model of DESIGN.md (``recsys.model.contrastive``);
+``recency_mean`` is the foundation model: items are their text embeddings and a user is
+the recency- and event-type-weighted mean of their items.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recsys.events import EVENT_TYPES
+from recsys.model.contrastive import ContrastiveConfig
 from recsys.model.text_encoder import DEFAULT_ENCODER
 
 
@@ -18,8 +26,16 @@ class ModelSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
+    kind: Literal["contrastive", "recency_mean"] = Field(
+        "contrastive", description="the model to fit"
+    )
+    contrastive: ContrastiveConfig = Field(
+        default_factory=ContrastiveConfig, description="hyperparameters of kind=contrastive"
+    )
     encoder_name: str = Field(DEFAULT_ENCODER, description="text encoder name or model folder")
-    max_seq_len: int = Field(50, ge=1, le=4096, description="recent interactions per user")
+    max_seq_len: int = Field(
+        50, ge=1, le=4096, description="recent interactions per user (kind=recency_mean)"
+    )
     half_life: float = Field(
         10.0, gt=0, allow_inf_nan=False, description="interactions until weight halves"
     )

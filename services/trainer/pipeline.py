@@ -1,9 +1,12 @@
 """Train one model version from interactions and the catalogue, evaluate it, store it.
 
-The foundation model has no learned weights: items are their text embeddings and a user
-is the recency- and event-type-weighted mean of their recent items (see
-``recsys.model.user_encoder``). Evaluation runs through the *exported ONNX graph*, so the
-metrics in the manifest describe exactly the file that inference will serve.
+Two model kinds share this path (``ModelSettings.kind``): the contrastive model of
+DESIGN.md, and the foundation model with no learned weights (items are their text
+embeddings; a user is the recency- and event-type-weighted mean of their recent items).
+Both export the same two ONNX graphs: the user tower (item vectors + event types -> user
+vector) and the text item tower (text vector -> item vector, for items that arrive after
+training). Evaluation runs through the *exported* user tower, so the metrics in the
+manifest describe exactly the file that inference will serve.
 """
 
 from __future__ import annotations
@@ -21,8 +24,15 @@ import numpy as np
 from recsys.artifacts import ArtifactStore, Manifest
 from recsys.evaluation import ScoreFn, Split, Stage, evaluate, flatten_metrics, leave_one_out
 from recsys.events import EVENT_TYPE_IDS, InteractionEvent, ItemEvent
-from recsys.model.onnx_runtime import OnnxUserEncoder, export_user_encoder, pad_left
+from recsys.model.onnx_runtime import (
+    OnnxUserEncoder,
+    TextItemEncoder,
+    export_item_encoder,
+    export_user_encoder,
+    pad_left,
+)
 from recsys.model.text_encoder import EmbeddingCache, TextEncoder
+from recsys.model.training import InteractionData, train
 from recsys.model.user_encoder import RecencyWeightedMean, type_weight_vector
 from services.trainer.model_settings import ModelSettings
 
@@ -113,6 +123,59 @@ class _OnnxScorer:
         return score
 
 
+@dataclass(frozen=True)
+class _Fitted:
+    item_vectors: np.ndarray  # [n_items, dim], unit rows, catalogue order
+    user_tower: Any  # nn.Module: (item_vectors, event_types) -> user_vector
+    text_tower: Any  # nn.Module: text_vectors -> item_vectors
+    max_len: int
+    dim: int
+    training: dict[str, Any]  # how training went, for the manifest
+
+
+def _fit(
+    settings: ModelSettings,
+    events: Sequence[InteractionEvent],
+    item_ids: Sequence[str],
+    text_vectors: np.ndarray,
+) -> _Fitted:
+    if settings.kind == "recency_mean":
+        normalised = text_vectors / np.maximum(
+            np.linalg.norm(text_vectors, axis=1, keepdims=True), 1e-12
+        )
+        return _Fitted(
+            item_vectors=normalised.astype(np.float32),
+            user_tower=RecencyWeightedMean(
+                settings.half_life, type_weight_vector(settings.type_weights)
+            ),
+            text_tower=TextItemEncoder(),
+            max_len=settings.max_seq_len,
+            dim=text_vectors.shape[1],
+            training={},
+        )
+    config = settings.contrastive
+    if not config.use_text:
+        raise ValueError("a served model needs use_text: new items are encoded from text")
+    result = train(
+        config, InteractionData.from_events(events, item_ids), text_vectors, progress=False
+    )
+    result.model.cpu().eval()  # exported from the CPU, whatever it trained on
+    return _Fitted(
+        item_vectors=result.item_vectors,
+        user_tower=result.user_tower,
+        text_tower=TextItemEncoder(result.model.items.projection),
+        max_len=config.max_len,
+        dim=config.dim,
+        training={
+            "best_epoch": result.best_epoch,
+            "best_valid_masked_ndcg@10": result.best_valid,
+            "train_seconds": round(result.train_seconds, 1),
+            "stopped_early": result.stopped_early,
+            "valid_masked_ndcg@10_per_epoch": result.curve(),
+        },
+    )
+
+
 def train_version(
     interactions: Sequence[InteractionEvent],
     items: Mapping[str, ItemEvent],
@@ -148,7 +211,7 @@ def train_version(
             max_length=settings.max_text_length,
         )
     texts = [item.text() for item in catalogue]
-    item_vectors = cache.encode(encoder, texts) if cache is not None else encoder.encode(texts)
+    text_vectors = cache.encode(encoder, texts) if cache is not None else encoder.encode(texts)
     log.info(
         "items encoded",
         extra={"items": len(texts), "seconds": round(time.perf_counter() - step, 3)},
@@ -162,10 +225,13 @@ def train_version(
     if len(events):
         codes_by_position[np.concatenate(split.positions)] = item_codes
 
+    fitted = _fit(settings, events, item_ids, text_vectors)
+    item_vectors = fitted.item_vectors
+
     with artifacts.create_version() as draft:
-        # User tower: export, then evaluate through the exported graph.
-        module = RecencyWeightedMean(settings.half_life, type_weight_vector(settings.type_weights))
-        export_user_encoder(module, draft.user_encoder_path, settings.max_seq_len, encoder.dim)
+        # Both towers exported; evaluation then runs through the exported user tower.
+        export_user_encoder(fitted.user_tower, draft.user_encoder_path, fitted.max_len, fitted.dim)
+        export_item_encoder(fitted.text_tower, draft.item_encoder_path, text_vectors.shape[1])
         user_encoder = OnnxUserEncoder(draft.user_encoder_path, prefer_cuda=True)
         scorer = _OnnxScorer(split, codes_by_position, event_types, item_vectors, user_encoder)
         metrics: dict[str, float] = {}
@@ -194,13 +260,14 @@ def train_version(
         manifest = draft.commit(
             {
                 "encoder_name": encoder.name,
-                "vector_size": encoder.dim,
-                "max_seq_len": settings.max_seq_len,
+                "vector_size": fitted.dim,
+                "max_seq_len": fitted.max_len,
                 "item_count": len(item_ids),
                 "metrics": metrics,
                 "hyperparameters": {
-                    "model": "recency_weighted_mean",
+                    "model": settings.kind,
                     **settings.model_dump(mode="json"),
+                    **fitted.training,
                 },
                 "data_range": {
                     "first_timestamp": min(timestamps) if timestamps else None,

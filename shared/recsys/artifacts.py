@@ -6,6 +6,7 @@ Layout (one immutable folder per version; only ONNX, ``.npy`` and JSON, never pi
         v1/
             manifest.json        Manifest: metrics, hyperparameters, sha256 of every file
             user_encoder.onnx    the user tower (see recsys.model.user_encoder)
+            item_encoder.onnx    text vector -> item vector, for items known by text only
             item_vectors.npy     float32 [item_count, vector_size]
             item_ids.json        ["id", ...], row order of item_vectors.npy
             item_payloads.json   [{...}, ...], same order
@@ -41,12 +42,14 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 USER_ENCODER_FILE = "user_encoder.onnx"
+ITEM_ENCODER_FILE = "item_encoder.onnx"
 ITEM_VECTORS_FILE = "item_vectors.npy"
 ITEM_IDS_FILE = "item_ids.json"
 ITEM_PAYLOADS_FILE = "item_payloads.json"
 POPULARITY_FILE = "popularity.json"
 REQUIRED_FILES = (
     USER_ENCODER_FILE,
+    ITEM_ENCODER_FILE,
     ITEM_VECTORS_FILE,
     ITEM_IDS_FILE,
     ITEM_PAYLOADS_FILE,
@@ -251,6 +254,10 @@ class VersionDraft:
         """Where the exporter should write the ONNX user tower."""
         return self.path / USER_ENCODER_FILE
 
+    @property
+    def item_encoder_path(self) -> Path:
+        return self.path / ITEM_ENCODER_FILE
+
     def write_items(
         self,
         item_ids: Sequence[str],
@@ -377,6 +384,10 @@ class LoadedVersion:
     @property
     def onnx_path(self) -> Path:
         return self.path / USER_ENCODER_FILE
+
+    @property
+    def item_encoder_path(self) -> Path:
+        return self.path / ITEM_ENCODER_FILE
 
     @cached_property
     def item_vectors(self) -> np.ndarray:

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from recsys.devstack.demo import personalised_ready, recommend
 from recsys.devstack.stack import LocalStack, StackConfig
 from recsys.devstack.supervisor import Supervisor
-from recsys.events import DeadLetter, InteractionEvent, ItemEvent
+from recsys.events import DeadLetter, InteractionEvent, ItemEvent, ItemVector
 from recsys.kafka import make_producer, produce
 from recsys.publish import publish_events
 from recsys.topics import Topics
@@ -174,3 +175,34 @@ def test_malformed_item_event_is_dead_lettered_by_inference(
     assert letter.source_topic == topics.items
     assert "title or a description" in letter.reason
     assert recommend(stub, "user-0", k=3).items, "the service keeps answering"
+
+
+def test_new_item_is_encoded_into_the_served_space(
+    stack: LocalStack, stub: ranking_pb2_grpc.RankingServiceStub
+) -> None:
+    topics = Topics.from_settings(stack.kafka)
+    serving = recommend(stub, "user-0", k=1).model_version
+    known = next(x for x in recommend(stub, "user-0", k=1).items)
+    producer = make_producer(stack.kafka)
+    item = ItemEvent(
+        event_id="new-item-1",
+        item_id="space-new",
+        timestamp=time.time(),
+        title="Comet hunters space story",
+        categories=["space"],
+    )
+    produce(producer, topics.items, item.item_id, item.to_bytes())
+    assert producer.flush(10) == 0
+    reader = TopicReader(stack.kafka, [topics.item_vectors])
+    try:
+        messages = reader.wait_until(
+            lambda seen: any(m.key() == b"space-new" for m in seen), 60, "the new item's vector"
+        )
+    finally:
+        reader.close()
+    vectors = [ItemVector.model_validate_json(m.value() or b"") for m in messages]
+    new = next(v for v in vectors if v.item_id == "space-new")
+    trained = next(v for v in vectors if v.item_id == known.item_id)
+    assert new.model_version == serving
+    assert new.array().shape == trained.array().shape
+    assert abs(float(np.linalg.norm(new.array())) - 1.0) < 1e-4

@@ -37,6 +37,7 @@ def fields(**overrides: Any) -> dict[str, Any]:
 def fill(draft: VersionDraft, seed: int = 0) -> np.ndarray:
     vectors = np.random.default_rng(seed).normal(size=(3, 4)).astype(np.float32)
     draft.user_encoder_path.write_bytes(b"not really onnx, the store does not parse it")
+    draft.item_encoder_path.write_bytes(b"not really onnx either")
     draft.write_items(IDS, vectors, [{"item_id": i, "title": i.upper()} for i in IDS])
     draft.write_popularity(["b", "a"], [7, 3])
     return vectors

@@ -102,7 +102,9 @@ def trained(
         ),
     ]
     store = ArtifactStore(root / "artifacts", "recsys")
-    settings = ModelSettings(max_seq_len=4, half_life=3.0)  # shorter than histories
+    settings = ModelSettings(
+        kind="recency_mean", max_seq_len=4, half_life=3.0
+    )  # shorter than histories
     cache = EmbeddingCache(root / "cache")
     version = train_version(noisy, items, store, settings, cache, encoder=encoder)
     return version, store, events, root
@@ -181,10 +183,45 @@ def test_retraining_reuses_the_cache_and_bumps_the_version(
     first, store, events, root = trained
     before = encoder.calls
     again = train_version(
-        events, make_items(), store, ModelSettings(max_seq_len=4, half_life=3.0),
-        EmbeddingCache(root / "cache"), encoder=encoder,
-    )  # fmt: skip
+        events,
+        make_items(),
+        store,
+        ModelSettings(kind="recency_mean", max_seq_len=4, half_life=3.0),
+        EmbeddingCache(root / "cache"),
+        encoder=encoder,
+    )
     assert encoder.calls == before  # every item text came from the cache
     assert again.manifest.version == "v2"
     np.testing.assert_array_equal(again.item_vectors, first.item_vectors)
     assert again.manifest.metrics == first.manifest.metrics
+
+
+def test_contrastive_version_serves_both_towers(tmp_path: Path, encoder: CountingEncoder) -> None:
+    from recsys.model.contrastive import ContrastiveConfig
+    from recsys.model.onnx_runtime import OnnxItemEncoder
+
+    items = make_items()
+    config = ContrastiveConfig(dim=16, max_len=8, max_epochs=3, patience=2, batch_size=32)
+    settings = ModelSettings(kind="contrastive", contrastive=config)
+    store = ArtifactStore(tmp_path / "artifacts", "recsys")
+    version = train_version(
+        make_interactions(items),
+        items,
+        store,
+        settings,
+        EmbeddingCache(tmp_path / "c"),
+        encoder=encoder,
+    )
+    loaded = store.load(version.manifest.version)
+    assert loaded.item_vectors.shape == (len(version.item_ids), 16)
+    assert version.manifest.vector_size == 16 and version.manifest.max_seq_len == 8
+    assert version.manifest.hyperparameters["model"] == "contrastive"
+    assert "best_epoch" in version.manifest.hyperparameters
+
+    users = OnnxUserEncoder(loaded.onnx_path, prefer_cuda=False)
+    assert (users.max_len, users.dim) == (8, 16)
+    # A brand-new item goes through the exported text tower into the same space.
+    texts = encoder.encode(["Galaxy war among the stars", "Pasta and bread recipes"])
+    new_items = OnnxItemEncoder(loaded.item_encoder_path, prefer_cuda=False).encode(texts)
+    assert new_items.shape == (2, 16)
+    np.testing.assert_allclose(np.linalg.norm(new_items, axis=1), 1.0, atol=1e-5)

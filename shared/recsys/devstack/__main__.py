@@ -23,7 +23,16 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     print("Fetching MovieLens-100K (cached after the first run)...", flush=True)
     data = movielens.load()
-    stack = LocalStack(StackConfig(workdir=Path(".data/run"), broker_port=9092, ranking_port=50051))
+    stack = LocalStack(
+        StackConfig(
+            workdir=Path(".data/run"),
+            broker_port=9092,
+            ranking_port=50051,
+            # The demo trains for at most this long (the best epoch so far is kept);
+            # `make evaluate` trains to convergence.
+            extra_env={"RECSYS_TRAINER_MODEL__CONTRASTIVE__TIME_BUDGET_S": "150"},
+        )
+    )
     say = stack.supervisor.say
     try:
         stack.start()

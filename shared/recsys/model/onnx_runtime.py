@@ -21,27 +21,27 @@ from recsys.model.user_encoder import INPUT_EVENT_TYPES, INPUT_ITEM_VECTORS, OUT
 
 log = logging.getLogger(__name__)
 
+INPUT_TEXT_VECTORS = "text_vectors"
+OUTPUT_ITEM_VECTORS = "item_vectors"
+
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
 
-def export_user_encoder(module: nn.Module, path: Path, max_len: int, dim: int) -> Path:
-    """Export ``module(item_vectors, event_types) -> user_vector`` to one ONNX file.
-
-    Uses the dynamo exporter (the TorchScript one is deprecated) with
-    ``external_data=False``; the example batch has 2 rows so the batch axis is not
-    specialised to 1. The written graph is checked with ``onnx.checker``.
-    """
+def _export(
+    module: nn.Module,
+    examples: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+) -> Path:
+    """One self-contained ONNX file with a dynamic batch axis on every input, checked."""
     import onnx
 
-    if max_len < 1 or dim < 1:
-        raise ValueError("max_len and dim must be positive")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = module.training
     module.eval()
-    example_vectors = torch.randn(2, max_len, dim, dtype=torch.float32)
-    example_types = torch.ones(2, max_len, dtype=torch.int64)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     # the exporter's graph passes log every rewrite at INFO; keep the trainer's log readable
     chatty = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
@@ -53,11 +53,11 @@ def export_user_encoder(module: nn.Module, path: Path, max_len: int, dim: int) -
             warnings.simplefilter("ignore")  # exporter deprecation chatter, not actionable
             torch.onnx.export(
                 module,
-                (example_vectors, example_types),
+                examples,
                 str(path),
-                input_names=[INPUT_ITEM_VECTORS, INPUT_EVENT_TYPES],
-                output_names=[OUTPUT_USER_VECTOR],
-                dynamic_shapes={INPUT_ITEM_VECTORS: {0: batch}, INPUT_EVENT_TYPES: {0: batch}},
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes={name: {0: batch} for name in input_names},
                 dynamo=True,
                 external_data=False,
                 verbose=False,
@@ -70,8 +70,46 @@ def export_user_encoder(module: nn.Module, path: Path, max_len: int, dim: int) -
     if side_file.exists():
         raise RuntimeError(f"exporter wrote external data {side_file}; expected one file")
     onnx.checker.check_model(str(path))
-    log.info("user encoder exported", extra={"path": str(path), "max_len": max_len, "dim": dim})
     return path
+
+
+def export_user_encoder(module: nn.Module, path: Path, max_len: int, dim: int) -> Path:
+    """Export ``module(item_vectors, event_types) -> user_vector`` to one ONNX file.
+
+    Uses the dynamo exporter (the TorchScript one is deprecated) with
+    ``external_data=False``; the example batch has 2 rows so the batch axis is not
+    specialised to 1. The written graph is checked with ``onnx.checker``.
+    """
+    if max_len < 1 or dim < 1:
+        raise ValueError("max_len and dim must be positive")
+    examples = (
+        torch.randn(2, max_len, dim, dtype=torch.float32),
+        torch.ones(2, max_len, dtype=torch.int64),
+    )
+    _export(module, examples, path, [INPUT_ITEM_VECTORS, INPUT_EVENT_TYPES], [OUTPUT_USER_VECTOR])
+    log.info("user encoder exported", extra={"path": str(path), "max_len": max_len, "dim": dim})
+    return Path(path)
+
+
+class TextItemEncoder(nn.Module):
+    """The item tower for an item known only by its text: an optional learned projection
+    of the frozen text vector, then L2 normalisation. Without a projection (the foundation
+    model) an item's vector is its normalised text vector."""
+
+    def __init__(self, projection: nn.Module | None = None) -> None:
+        super().__init__()
+        self.projection = projection if projection is not None else nn.Identity()
+
+    def forward(self, text_vectors: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.projection(text_vectors), dim=-1, eps=1e-12)
+
+
+def export_item_encoder(module: nn.Module, path: Path, text_dim: int) -> Path:
+    """Export ``module(text_vectors) -> item_vectors`` to one ONNX file."""
+    examples = (torch.randn(2, text_dim, dtype=torch.float32),)
+    _export(module, examples, path, [INPUT_TEXT_VECTORS], [OUTPUT_ITEM_VECTORS])
+    log.info("item encoder exported", extra={"path": str(path), "text_dim": text_dim})
+    return Path(path)
 
 
 def choose_providers(prefer_cuda: bool = True) -> list[str]:
@@ -84,29 +122,57 @@ def choose_providers(prefer_cuda: bool = True) -> list[str]:
     return [CPU_PROVIDER]
 
 
+def _session(path: Path, prefer_cuda: bool, intra_op_threads: int) -> tuple[Any, list[str]]:
+    """An onnxruntime session and the providers it really uses."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    # A GPU build on a machine without CUDA logs the failed provider load as an error
+    # and falls back to CPU; we report what is really used instead.
+    options.log_severity_level = 3
+    requested = choose_providers(prefer_cuda)
+    session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+    providers = list(session.get_providers())
+    if requested[0] not in providers:
+        log.warning(
+            "onnxruntime fell back from the preferred provider",
+            extra={"requested": requested, "providers": providers},
+        )
+    return session, providers
+
+
+class OnnxItemEncoder:
+    """An onnxruntime session over a :class:`TextItemEncoder` export."""
+
+    def __init__(self, path: Path, prefer_cuda: bool = True, intra_op_threads: int = 1) -> None:
+        self.path = Path(path)
+        self._session, self.providers = _session(self.path, prefer_cuda, intra_op_threads)
+        shape = self._session.get_inputs()[0].shape
+        outputs = self._session.get_outputs()
+        if len(shape) != 2 or not isinstance(shape[1], int):
+            raise ValueError(f"{self.path}: text_vectors needs a static [batch, text_dim]")
+        self.text_dim: int = shape[1]
+        self.dim: int = int(outputs[0].shape[1])
+
+    def encode(self, text_vectors: np.ndarray) -> np.ndarray:
+        """float32 [N, text_dim] -> unit float32 [N, dim]."""
+        texts = np.ascontiguousarray(text_vectors, dtype=np.float32)
+        if texts.ndim != 2 or texts.shape[1] != self.text_dim:
+            raise ValueError(f"text_vectors must be [N, {self.text_dim}], got {texts.shape}")
+        if texts.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        result: np.ndarray = self._session.run(None, {INPUT_TEXT_VECTORS: texts})[0]
+        return result
+
+
 class OnnxUserEncoder:
     """An onnxruntime session over a user tower that follows the contract in user_encoder."""
 
     def __init__(self, path: Path, prefer_cuda: bool = True, intra_op_threads: int = 1) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        # A GPU build on a machine without CUDA logs the failed provider load as an error
-        # and falls back to CPU; we report what is really used instead.
-        options.log_severity_level = 3
-        requested = choose_providers(prefer_cuda)
-        self._session: Any = ort.InferenceSession(
-            str(self.path), sess_options=options, providers=requested
-        )
-        self.providers: list[str] = list(self._session.get_providers())
-        if requested[0] not in self.providers:
-            log.warning(
-                "onnxruntime fell back from the preferred provider",
-                extra={"requested": requested, "providers": self.providers},
-            )
+        self._session, self.providers = _session(self.path, prefer_cuda, intra_op_threads)
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = [o.name for o in self._session.get_outputs()]
         if set(inputs) != {INPUT_ITEM_VECTORS, INPUT_EVENT_TYPES} or outputs != [
