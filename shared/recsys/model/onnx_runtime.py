@@ -117,9 +117,14 @@ def choose_providers(prefer_cuda: bool = True) -> list[str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if prefer_cuda and CUDA_PROVIDER in available:
+    # The GPU build lists CUDA everywhere; without a driver it would only fail noisily.
+    if prefer_cuda and CUDA_PROVIDER in available and nvidia_driver_present():
         return [CUDA_PROVIDER, CPU_PROVIDER]
     return [CPU_PROVIDER]
+
+
+def nvidia_driver_present() -> bool:
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
 
 
 def _session(path: Path, prefer_cuda: bool, intra_op_threads: int) -> tuple[Any, list[str]]:
