@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import Counter
 
 from recsys.events import InteractionEvent, InvalidEvent, parse_event
-from recsys.kafka import build_dead_letter, make_producer, produce
+from recsys.kafka import build_dead_letter, letter_key, make_producer, produce
 from recsys.settings import KafkaSettings
 from recsys.topics import Topics
 from services.feature.sequence import (
@@ -124,7 +125,7 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
             service="feature",
             value=message.value,
         )
-        await dead_letter.send(key=message.key, value=letter.to_bytes())
+        await dead_letter.send(key=letter_key(message.key), value=letter.to_bytes())
         DEAD_LETTERS.labels("interactions", reason.split(":", 1)[0][:40]).inc()
         log.warning(
             "dead-lettered interaction",
@@ -162,7 +163,6 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
             else:
                 EVENTS.labels("duplicate").inc()
         for user, (state, last) in changed.items():
-            recent[user] = encode_state(state)
             produce(
                 output,
                 topics.user_sequences,
@@ -170,9 +170,13 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 encode_user_sequence(user, state, last),
                 on_delivery=_raise_on_failure,
             )
-        # Delivered before faust acknowledges the batch's offsets: at least once.
+        # Sequences are delivered before the table records the events and before faust
+        # acknowledges the offsets: a crash in between replays the batch, which then is
+        # not mistaken for duplicates, and republishes the same sequences (idempotent).
         if changed and await asyncio.to_thread(output.flush, 30) > 0:
             raise RuntimeError("user-sequences not delivered within 30 s")
+        for user, (state, _) in changed.items():
+            recent[user] = encode_state(state)
 
     @app.agent(interactions)
     async def process_interactions(stream: Any) -> None:
@@ -181,7 +185,16 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
         async for events in stream.take_events(
             settings.batch_size, within=settings.batch_wait_ms / 1000
         ):
-            await apply_batch(events)
+            try:
+                await apply_batch(events)
+            except Exception:
+                # Crash-only: a live process that stopped consuming would hide the failure.
+                # Exiting skips the offset commit, so the restart replays the batch and
+                # deduplication by event id keeps the replay harmless.
+                log.exception("feature batch failed; exiting for a restart")
+                feature_app.ready = False
+                logging.shutdown()
+                os._exit(1)
 
     @app.task  # type: ignore[untyped-decorator]
     async def mark_ready() -> None:

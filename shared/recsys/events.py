@@ -212,7 +212,8 @@ class DeadLetter(_Event):
     partition: int
     offset: int
     service: str
-    original_value_b64: str
+    original_value_b64: str = Field(description="the original value, its first 256 KiB at most")
+    original_size: int = Field(0, ge=0, description="bytes of the original value")
     failed_at: Timestamp
 
 

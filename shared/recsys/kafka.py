@@ -26,6 +26,11 @@ from recsys.topics import Topics
 
 log = logging.getLogger(__name__)
 
+# A letter must fit every producer's default 1 MB request, and base64 grows bytes by 4/3:
+# keep at most this much of the original value (and key); ``original_size`` says if cut.
+MAX_LETTER_VALUE_BYTES = 256 * 1024
+MAX_LETTER_KEY_BYTES = 1024
+
 
 class BrokerUnavailable(RuntimeError):
     """The Kafka broker named by RECSYS_KAFKA_BOOTSTRAP_SERVERS cannot be reached."""
@@ -161,9 +166,16 @@ def build_dead_letter(
         partition=partition,
         offset=offset,
         service=service,
-        original_value_b64=base64.b64encode(value or b"").decode("ascii"),
+        original_value_b64=base64.b64encode((value or b"")[:MAX_LETTER_VALUE_BYTES]).decode(
+            "ascii"
+        ),
+        original_size=len(value or b""),
         failed_at=time.time(),
     )
+
+
+def letter_key(key: bytes | None) -> bytes | None:
+    return key[:MAX_LETTER_KEY_BYTES] if key is not None else None
 
 
 class DeadLetterSink:
@@ -193,7 +205,7 @@ class DeadLetterSink:
             service=self._service,
             value=value,
         )
-        produce(self._producer, self._topic, key, letter.to_bytes())
+        produce(self._producer, self._topic, letter_key(key), letter.to_bytes())
         self.count += 1
         log.warning(
             "dead-lettered message",

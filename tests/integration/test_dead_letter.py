@@ -7,17 +7,17 @@ import base64
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from recsys.events import DeadLetter, InteractionEvent, UserSequence
-from recsys.kafka import make_producer, produce
+from recsys.kafka import MAX_LETTER_VALUE_BYTES, make_producer, produce
 from recsys.settings import KafkaSettings
 from recsys.topics import Topics
 from tests.conftest import kafka_env
+from tests.support.services import FeatureWorker
 from tests.support.topics import TopicReader
 
 pytestmark = pytest.mark.integration
@@ -48,17 +48,9 @@ MALFORMED: list[tuple[str, bytes]] = [
 @pytest.fixture
 def feature_worker(kafka: KafkaSettings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, **kafka_env(kafka), "RECSYS_FEATURE_DATA_DIR": str(tmp_path / "faust")}
-    log = open(tmp_path / "feature.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.feature"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    yield process
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    worker = FeatureWorker(env, tmp_path / "feature.log", metrics_port=0)
+    yield worker.process
+    worker.stop()
 
 
 def test_malformed_events_are_dead_lettered_and_good_ones_processed(
@@ -104,7 +96,9 @@ def test_malformed_events_are_dead_lettered_and_good_ones_processed(
 
     assert feature_worker.poll() is None, "the worker must survive bad input"
     assert len(letters) == len(sent_bad)
-    assert sorted(base64.b64decode(x.original_value_b64) for x in letters) == sorted(sent_bad)
+    # Originals are kept whole up to MAX_LETTER_VALUE_BYTES, and their size is recorded.
+    kept = sorted((base64.b64decode(x.original_value_b64), x.original_size) for x in letters)
+    assert kept == sorted((bad[:MAX_LETTER_VALUE_BYTES], len(bad)) for bad in sent_bad)
     for letter in letters:
         assert letter.source_topic == topics.interactions
         assert letter.service == "feature"
