@@ -16,6 +16,7 @@ from recsys.lifecycle import stop_on_signals
 from recsys.logs import setup_logging
 from recsys.model.text_encoder import EmbeddingCache, TextEncoder
 from recsys.observability import HealthServer
+from services.inference.grpc_api import EmbedServer
 from services.inference.service import InferenceService
 from services.inference.settings import InferenceSettings
 
@@ -41,6 +42,10 @@ def main() -> None:
     service = InferenceService(
         settings, producer, artifacts, lambda texts: cache.encode(text_encoder, list(texts))
     )
+    embed_server = None
+    if settings.grpc_port:
+        embed_server = EmbedServer(lambda: service.model if service else None, settings.grpc_port)
+        embed_server.start()
     consumer = make_consumer(settings.kafka, settings.group_id)
     consumer.subscribe(service.partitioned_topics)
     # Every replica must see every model announcement, so they are read outside the group.
@@ -52,8 +57,13 @@ def main() -> None:
             messages = usable(announcements.consume(100, 0.001))
             messages += usable(consumer.consume(settings.max_batch_size, wait_s or 0.001))
             if messages:
+                had_model = service.model is not None
                 service.handle(messages)
+                if embed_server and not had_model and service.model is not None:
+                    embed_server.model_ready()
     finally:
+        if embed_server:
+            embed_server.stop()
         consumer.close()
         announcements.close()
         producer.flush(10)

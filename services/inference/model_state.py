@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,21 +66,37 @@ class ServingModel:
             return vector
         return self.extra_items.get(item_id)
 
+    def _inputs(self, entries: Sequence[tuple[str, str]]) -> tuple[np.ndarray, list[int]] | None:
+        """Vectors and event-type ids of the known items among the newest ``max_len``."""
+        vectors, types = [], []
+        for item_id, event_type in entries[-self.encoder.max_len :]:
+            vector = self.item_vector(item_id)
+            if vector is not None:
+                vectors.append(vector)
+                types.append(EVENT_TYPE_IDS[event_type])
+        return (np.stack(vectors), types) if vectors else None
+
     def encode_users(self, sequences: list[UserSequence]) -> tuple[list[UserSequence], np.ndarray]:
         """User vectors for the sequences that contain at least one known item."""
         inputs = []
         encodable = []
         for sequence in sequences:
-            vectors, types = [], []
-            for entry in sequence.entries[-self.encoder.max_len :]:
-                vector = self.item_vector(entry.item_id)
-                if vector is not None:
-                    vectors.append(vector)
-                    types.append(EVENT_TYPE_IDS[entry.event_type])
-            if vectors:
-                inputs.append((np.stack(vectors), types))
+            found = self._inputs([(e.item_id, e.event_type) for e in sequence.entries])
+            if found is not None:
+                inputs.append(found)
                 encodable.append(sequence)
         if not inputs:
             return [], np.zeros((0, self.dim), dtype=np.float32)
         item_vectors, event_types = pad_left(inputs, self.encoder.max_len, self.dim)
         return encodable, self.encoder.encode(item_vectors, event_types)
+
+    def encode_interactions(
+        self, entries: Sequence[tuple[str, str]]
+    ) -> tuple[np.ndarray | None, int]:
+        """One user vector for (item id, event type) pairs, oldest first, and how many of
+        the items were known; None when none was."""
+        found = self._inputs(entries)
+        if found is None:
+            return None, 0
+        item_vectors, event_types = pad_left([found], self.encoder.max_len, self.dim)
+        return self.encoder.encode(item_vectors, event_types)[0], len(found[1])

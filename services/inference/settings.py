@@ -18,6 +18,7 @@ class InferenceSettings(BaseSettings):
     max_wait_ms: int = Field(20, ge=0, description="longest wait to fill a batch")
     prefer_cuda: bool = Field(True, description="use CUDAExecutionProvider when present")
     intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads (0 = all cores)")
+    grpc_port: int = Field(50052, ge=0, le=65535, description="Embed gRPC port (0 = off)")
     text_cache_dir: Path = Field(Path(".cache/text-embeddings"), description="item text cache")
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

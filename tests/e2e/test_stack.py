@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.devstack.demo import personalised_ready, recommend
 from recsys.devstack.stack import LocalStack, StackConfig
@@ -22,7 +23,7 @@ from recsys.events import DeadLetter, InteractionEvent, ItemEvent, ItemVector
 from recsys.kafka import make_producer, produce
 from recsys.publish import publish_events
 from recsys.topics import Topics
-from recsys.v1 import ranking_pb2_grpc
+from recsys.v1 import inference_pb2, inference_pb2_grpc, ranking_pb2_grpc
 from tests.support.topics import TopicReader
 
 pytestmark = pytest.mark.e2e
@@ -206,3 +207,40 @@ def test_new_item_is_encoded_into_the_served_space(
     assert new.model_version == serving
     assert new.array().shape == trained.array().shape
     assert abs(float(np.linalg.norm(new.array())) - 1.0) < 1e-4
+
+
+def test_embed_encodes_a_session_with_the_serving_model(
+    stack: LocalStack, stub: ranking_pb2_grpc.RankingServiceStub
+) -> None:
+    serving = recommend(stub, "user-0", k=1).model_version
+    with grpc.insecure_channel(f"127.0.0.1:{stack.inference_port}") as channel:
+        embed = inference_pb2_grpc.InferenceServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(
+            health_pb2.HealthCheckRequest(service="recsys.v1.InferenceService"), timeout=5
+        )
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+        session = [
+            inference_pb2.Interaction(item_id=f"space-{n}", event_type="view") for n in range(3)
+        ]
+        session.append(inference_pb2.Interaction(item_id="not-in-catalogue", event_type="click"))
+        response = embed.Embed(inference_pb2.EmbedRequest(interactions=session), timeout=5)
+        assert response.model_version == serving
+        assert response.known_items == 3
+        assert abs(float(np.linalg.norm(response.vector)) - 1.0) < 1e-4
+
+        cases = [
+            ([], grpc.StatusCode.INVALID_ARGUMENT, "interactions"),
+            ([inference_pb2.Interaction(item_id="", event_type="view")],
+             grpc.StatusCode.INVALID_ARGUMENT, "interactions[0].item_id"),
+            ([inference_pb2.Interaction(item_id="space-1", event_type="teleport")],
+             grpc.StatusCode.INVALID_ARGUMENT, "interactions[0].event_type"),
+            ([inference_pb2.Interaction(item_id="nope", event_type="view")],
+             grpc.StatusCode.FAILED_PRECONDITION, "none of the 1 items"),
+        ]  # fmt: skip
+        for interactions, code, message in cases:
+            with pytest.raises(grpc.RpcError) as error:
+                embed.Embed(inference_pb2.EmbedRequest(interactions=interactions), timeout=5)
+            assert error.value.code() == code
+            assert message in (error.value.details() or "")

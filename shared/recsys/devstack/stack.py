@@ -50,6 +50,7 @@ class LocalStack:
         self.supervisor = supervisor or Supervisor()
         self.broker = LocalBroker(_port(config.broker_port), config.workdir / "broker.log")
         self.ranking_port = _port(config.ranking_port)
+        self.inference_port = free_port()
         self.http_ports = {name: free_port() for name in SERVICES}
 
     @property
@@ -89,6 +90,7 @@ class LocalStack:
             "RECSYS_INFERENCE_TEXT_CACHE_DIR": str(work / "text-cache" / "inference"),
             "RECSYS_TRAINER_TEXT_CACHE_DIR": str(work / "text-cache" / "trainer"),
             "RECSYS_RANKING_PORT": str(self.ranking_port),
+            "RECSYS_INFERENCE_GRPC_PORT": str(self.inference_port),
             "RECSYS_TRAINER_MIN_INTERACTIONS": str(self.config.trainer_min_interactions),
             "RECSYS_TRAINER_QUIET_SECONDS": str(self.config.trainer_quiet_seconds),
             "RECSYS_OBS_LOG_LEVEL": self.config.log_level,
