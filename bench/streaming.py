@@ -345,7 +345,11 @@ def main() -> None:
         trainer_min_interactions=args.warmup,
         trainer_quiet_seconds=2.0,
         log_level="WARNING",
-        extra_env={"RECSYS_TRAINER_RETRAIN_THRESHOLD": str(10**9)},
+        extra_env={
+            "RECSYS_TRAINER_RETRAIN_THRESHOLD": str(10**9),
+            # Any served model will do here; quality is bench/evaluate.py's business.
+            "RECSYS_TRAINER_MODEL__CONTRASTIVE__TIME_BUDGET_S": "60",
+        },
     )
     cat = synthetic.catalogue(args.items)
     with LocalStack(config, Supervisor(out=log, colour=False)) as stack:
