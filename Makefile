@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: help venv run test test-unit test-integration lint format proto proto-check data bench clean compose-up compose-down
+.PHONY: help venv run test test-unit test-integration lint format proto proto-check data bench evaluate clean compose-up compose-down
 COMPOSE ?= docker compose
 # GPU host: make compose-up COMPOSE_FILES="-f docker-compose.yml -f docker-compose.gpu.yml"
 COMPOSE_FILES ?= -f docker-compose.yml
@@ -18,6 +18,7 @@ help:
 	@echo "make lint     ruff + mypy"
 	@echo "make proto    regenerate gRPC code from protos/"
 	@echo "make bench    run the benchmarks under bench/"
+	@echo "make evaluate offline model quality against baselines (MovieLens-100K)"
 
 venv: $(STAMP)
 
@@ -60,6 +61,11 @@ proto-check: $(STAMP)
 
 data: $(STAMP)
 	$(PY) -m recsys.data.movielens
+
+# Offline model quality on MovieLens-100K against baselines (about 30 minutes on 2 cores):
+# bench/results/model-quality.json and docs/validation-ndcg.png.
+evaluate: $(STAMP)
+	$(PY) bench/evaluate.py
 
 # Each script prints its figures and writes bench/results/<name>.json.
 bench: $(STAMP)

@@ -50,7 +50,7 @@ class ContrastiveConfig(BaseModel):
 
     # architecture
     dim: int = Field(64, ge=4, description="width of the shared item/user space")
-    max_len: int = Field(200, ge=2, le=4096, description="recent interactions per user")
+    max_len: int = Field(50, ge=2, le=4096, description="recent interactions per user")
     n_layers: int = Field(2, ge=1, le=12)
     n_heads: int = Field(1, ge=1, le=16)
     ffn_mult: int = Field(4, ge=1, le=8, description="feed-forward width / dim")
