@@ -380,11 +380,13 @@ def main() -> None:
             steady.stop()
             processed = stack.metric_total("feature", "recsys_feature_events_total")
             achieved_rate = steady.achieved_rate
-            stack.wait_for(
-                lambda: all(("vector", p) in watcher.stage_times for p, _, _ in PROBES),
-                10,
-                "the probes' vectors on the topic",
-            )
+            # Best effort: a probe's vector may be coalesced into a later update of the
+            # same user; the breakdown uses the probes whose every stage was seen.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not all(
+                ("vector", p) in watcher.stage_times for p, _, _ in PROBES
+            ):
+                time.sleep(0.1)
             stages = stage_breakdown(watcher)
             watcher.close()
         histogram = batch_histogram(stack)
