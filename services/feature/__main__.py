@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 
 from recsys.logs import logging_config, setup_logging
-from recsys.observability import HealthServer
+from recsys.observability import start_health
 from services.feature.app import create_app
 from services.feature.settings import FeatureSettings
 
@@ -14,9 +14,7 @@ def main() -> None:
     settings = FeatureSettings()
     setup_logging("feature", settings.obs.log_level)
     feature = create_app(settings)
-    health = None
-    if settings.obs.http_port:
-        health = HealthServer(settings.obs.http_port, lambda: feature.ready).start()
+    health = start_health(settings.obs.http_port, lambda: feature.ready)
     # faust's worker reconfigures logging at start; hand it the same JSON config.
     feature.app.conf.logging_config = logging_config("feature", settings.obs.log_level)
     worker = faust.Worker(

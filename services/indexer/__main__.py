@@ -7,7 +7,7 @@ import logging
 from recsys.kafka import wait_for_broker
 from recsys.lifecycle import stop_on_signals
 from recsys.logs import setup_logging
-from recsys.observability import HealthServer
+from recsys.observability import start_health
 from recsys.vectorstore.factory import open_store
 from services.indexer.settings import IndexerSettings
 from services.indexer.writer import IndexWriter
@@ -19,9 +19,7 @@ def main() -> None:
     settings = IndexerSettings()
     setup_logging("indexer", settings.obs.log_level)
     stop = stop_on_signals()
-    health = None
-    if settings.obs.http_port:
-        health = HealthServer(settings.obs.http_port, lambda: True).start()
+    health = start_health(settings.obs.http_port, lambda: True)
     wait_for_broker(settings.kafka)
     store = open_store(settings.store)
     writer = IndexWriter(store, settings)

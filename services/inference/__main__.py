@@ -15,7 +15,7 @@ from recsys.kafka import (
 from recsys.lifecycle import stop_on_signals
 from recsys.logs import setup_logging
 from recsys.model.text_encoder import EmbeddingCache, TextEncoder
-from recsys.observability import HealthServer
+from recsys.observability import start_health
 from services.inference.grpc_api import EmbedServer
 from services.inference.service import InferenceService
 from services.inference.settings import InferenceSettings
@@ -28,12 +28,10 @@ def main() -> None:
     setup_logging("inference", settings.obs.log_level)
     stop = stop_on_signals()
     service: InferenceService | None = None
-    health = None
-    if settings.obs.http_port:
-        # Up before anything slow, so probes see a live process that is not yet ready.
-        health = HealthServer(
-            settings.obs.http_port, lambda: service is not None and service.model is not None
-        ).start()
+    # Up before anything slow, so probes see a live process that is not yet ready.
+    health = start_health(
+        settings.obs.http_port, lambda: service is not None and service.model is not None
+    )
     wait_for_broker(settings.kafka)
     text_encoder = TextEncoder()
     cache = EmbeddingCache(settings.text_cache_dir)

@@ -17,7 +17,7 @@ from recsys.kafka import make_consumer, make_producer, usable, wait_for_broker
 from recsys.lifecycle import stop_on_signals
 from recsys.logs import setup_logging
 from recsys.model.text_encoder import EmbeddingCache
-from recsys.observability import HealthServer
+from recsys.observability import start_health
 from recsys.topics import Topics
 from services.trainer.data import EventLog
 from services.trainer.pipeline import TrainedVersion, train_version
@@ -37,9 +37,7 @@ def main() -> None:
     settings = TrainerSettings()
     setup_logging("trainer", settings.obs.log_level)
     stop = stop_on_signals()
-    health = None
-    if settings.obs.http_port:
-        health = HealthServer(settings.obs.http_port, lambda: True).start()
+    health = start_health(settings.obs.http_port, lambda: True)
     wait_for_broker(settings.kafka)
     topics = Topics.from_settings(settings.kafka)
     artifacts = ArtifactStore(settings.artifacts.root, settings.artifacts.model_name)

@@ -14,10 +14,10 @@ smaller and faster to parse than a JSON list of floats.
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 EventType = Literal["view", "click", "add_to_cart", "purchase", "rating"]
 EVENT_TYPES: tuple[EventType, ...] = ("view", "click", "add_to_cart", "purchase", "rating")
@@ -147,17 +147,20 @@ class _VectorEvent(_Event):
     vector: str = Field("", description="base64 of little-endian float32; empty if deleted")
     model_version: str
 
-    @field_validator("vector")
-    @classmethod
-    def _vector_is_finite(cls, value: str) -> str:
-        if value:
-            array = decode_vector(value)
+    # Decoded once, while validating, for the consumers' hot path.
+    _decoded: np.ndarray | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _vector_is_finite(self) -> Self:
+        if self.vector:
+            array = decode_vector(self.vector)
             if not np.isfinite(array).all():
                 raise ValueError("vector has NaN or infinite values")
-        return value
+            self._decoded = array
+        return self
 
     def array(self) -> np.ndarray:
-        return decode_vector(self.vector)
+        return self._decoded if self._decoded is not None else decode_vector(self.vector)
 
 
 class UserVector(_VectorEvent):

@@ -61,3 +61,8 @@ class HealthServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def start_health(port: int, ready: Callable[[], bool]) -> HealthServer | None:
+    """The health and metrics endpoint on ``port``, or None when the port is 0 (off)."""
+    return HealthServer(port, ready).start() if port else None

@@ -7,6 +7,7 @@ first, so that a consumer replaying both topics meets an item before its interac
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Sized
 from dataclasses import dataclass, field
@@ -108,16 +109,14 @@ def publish_events(
         disable=not progress,
     ) as bar:
         pending = 0
-        for item in items:
-            produce(producer, names.items, item.item_id, item.to_bytes(), on_delivery)
-            report.items += 1
-            pending += 1
-            if pending >= _PROGRESS_EVERY:
-                bar.update(pending)
-                pending = 0
-        for event in interactions:
-            produce(producer, names.interactions, event.user_id, event.to_bytes(), on_delivery)
-            report.interactions += 1
+        # Items first, so a replay in time order meets every item before its interactions.
+        messages = itertools.chain(
+            ((names.items, item.item_id, item, "items") for item in items),
+            ((names.interactions, e.user_id, e, "interactions") for e in interactions),
+        )
+        for topic, key, event, counter in messages:
+            produce(producer, topic, key, event.to_bytes(), on_delivery)
+            setattr(report, counter, getattr(report, counter) + 1)
             pending += 1
             if pending >= _PROGRESS_EVERY:
                 bar.update(pending)
