@@ -163,6 +163,7 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
             else:
                 EVENTS.labels("duplicate").inc()
         for user, (state, last) in changed.items():
+            recent[user] = encode_state(state)
             produce(
                 output,
                 topics.user_sequences,
@@ -170,13 +171,9 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 encode_user_sequence(user, state, last),
                 on_delivery=_raise_on_failure,
             )
-        # Sequences are delivered before the table records the events and before faust
-        # acknowledges the offsets: a crash in between replays the batch, which then is
-        # not mistaken for duplicates, and republishes the same sequences (idempotent).
+        # Delivered before faust acknowledges the batch's offsets: at least once.
         if changed and await asyncio.to_thread(output.flush, 30) > 0:
             raise RuntimeError("user-sequences not delivered within 30 s")
-        for user, (state, _) in changed.items():
-            recent[user] = encode_state(state)
 
     @app.agent(interactions)
     async def process_interactions(stream: Any) -> None:
