@@ -18,6 +18,7 @@ from recsys.vectorstore.base import VectorStore
 from recsys.vectorstore.factory import open_store
 from services.ranking.server import serve
 from services.ranking.settings import RankingSettings
+from services.ranking.trending import DecayedPopularity, TrendingConsumer
 
 if TYPE_CHECKING:
     from services.indexer.embedded import EmbeddedIndexer
@@ -35,8 +36,13 @@ async def run(settings: RankingSettings, store: VectorStore) -> None:
 
         indexer = start_embedded_indexer(store, settings.kafka)
     http: HealthServer | None = None
+    trending: TrendingConsumer | None = None
+    if settings.trending:
+        trending = TrendingConsumer(
+            settings.kafka, DecayedPopularity(), settings.trending_lookback_s
+        ).start()
     try:
-        running = await serve(settings, store)
+        running = await serve(settings, store, trending=trending)
         try:
             if settings.obs.http_port > 0:
                 http = HealthServer(
@@ -59,6 +65,8 @@ async def run(settings: RankingSettings, store: VectorStore) -> None:
             http.stop()
         if indexer is not None:
             indexer.stop()
+        if trending is not None:
+            trending.stop()
 
 
 def main() -> None:

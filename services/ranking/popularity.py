@@ -13,8 +13,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class PopularItem:
     score: float
     title: str
     categories: tuple[str, ...]
+    payload: Mapping[str, Any] = field(default_factory=dict)  # for filters
 
 
 class PopularityUnavailable(RuntimeError):
@@ -145,7 +146,7 @@ class PopularityCache:
             if record is None:
                 continue
             title, categories = item_details(record.payload)
-            items.append(PopularItem(item_id, score, title, categories))
+            items.append(PopularItem(item_id, score, title, categories, dict(record.payload)))
         log.info(
             "popular items loaded",
             extra={
@@ -156,17 +157,3 @@ class PopularityCache:
             },
         )
         return items
-
-
-def top_popular(
-    items: Sequence[PopularItem], k: int, exclude: Collection[str]
-) -> list[PopularItem]:
-    """The first ``k`` of ``items`` not in ``exclude``."""
-    out: list[PopularItem] = []
-    for item in items:
-        if item.item_id in exclude:
-            continue
-        out.append(item)
-        if len(out) == k:
-            break
-    return out

@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
@@ -35,13 +35,25 @@ from prometheus_client import Counter, Gauge, Histogram
 from recsys.logs import correlation_id
 from recsys.v1 import ranking_pb2, ranking_pb2_grpc
 from recsys.vectorstore.base import CollectionNotFound, VectorRecord, VectorStore
+from services.ranking import auth, requests
+from services.ranking.embedder import Embedder, EmbedUnavailable
 from services.ranking.popularity import (
+    PopularItem,
     PopularityCache,
     PopularityUnavailable,
     item_details,
-    top_popular,
+)
+from services.ranking.ranker import (
+    Candidate,
+    HistoryItem,
+    Ranked,
+    Reason,
+    closest_in_history,
+    pool_size,
+    select,
 )
 from services.ranking.settings import RankingSettings
+from services.ranking.trending import TrendingSource
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +64,7 @@ REQUEST_ID_KEY = "x-request-id"
 _MAX_REQUEST_ID_CHARS = 128
 
 T = TypeVar("T")
+Response = TypeVar("Response", ranking_pb2.RecommendResponse, ranking_pb2.BatchRecommendResponse)
 P = ParamSpec("P")
 
 REQUESTS = Counter(
@@ -153,37 +166,26 @@ class UserState:
     vector: np.ndarray
     model_version: str
     seen_item_ids: frozenset[str]
+    recent_item_ids: tuple[str, ...] = ()
+
+
+def _ids(value: Any) -> tuple[str, ...]:
+    if not value:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(i) for i in value)
 
 
 def _user_state(record: VectorRecord) -> UserState:
     payload = record.payload
-    seen = payload.get("seen_item_ids") or ()
-    if isinstance(seen, str):
-        seen = (seen,)
     version = payload.get("model_version")
     return UserState(
         vector=np.asarray(record.vector, dtype=np.float32),
         model_version="" if version is None else str(version),
-        seen_item_ids=frozenset(str(i) for i in seen),
+        seen_item_ids=frozenset(_ids(payload.get("seen_item_ids"))),
+        recent_item_ids=_ids(payload.get("recent_item_ids")),
     )
-
-
-def validate(request: ranking_pb2.RecommendRequest, max_k: int) -> None:
-    if not request.user_id:
-        raise RpcError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "user_id is empty: set it to the id of the user to recommend for",
-        )
-    if len(request.user_id) > MAX_USER_ID_CHARS:
-        raise RpcError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"user_id is {len(request.user_id)} characters long: use at most {MAX_USER_ID_CHARS}",
-        )
-    if not 1 <= request.k <= max_k:
-        raise RpcError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"k is {request.k}: ask for between 1 and {max_k} items",
-        )
 
 
 def inline_store_calls(settings: RankingSettings) -> bool:
@@ -202,10 +204,36 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
-class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[misc]
-    """Answers ``Recommend`` from ``store``; see the module docstring for the flow.
+def _time_left(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else float(remaining)
 
-    ``serving`` tracks the items alias; ``popularity`` supplies the fallback.
+
+@dataclass(frozen=True)
+class Ranking:
+    """One ranked list before it becomes a response."""
+
+    items: list[ranking_pb2.ScoredItem]
+    model_version: str
+    fallback: bool = False
+    fallback_reason: str = ""
+
+    def response(self, request_id: str) -> ranking_pb2.RecommendResponse:
+        return ranking_pb2.RecommendResponse(
+            items=self.items,
+            model_version=self.model_version,
+            fallback=self.fallback,
+            fallback_reason=self.fallback_reason,
+            request_id=request_id,
+        )
+
+
+class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[misc]
+    """Answers every ``RankingService`` method from ``store``; see the module docstring.
+
+    ``serving`` tracks the items alias, ``popularity`` supplies popular lists and the
+    fallback, ``embedder`` encodes anonymous sessions through inference, ``trending``
+    (optional) supplies the windowed popularity of ``Popular``.
     """
 
     def __init__(
@@ -214,15 +242,20 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
         store: VectorStore,
         serving: ServingVersion | None = None,
         popularity: PopularityCache | None = None,
+        embedder: Embedder | None = None,
+        trending: TrendingSource | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
+        self._limits = requests.Limits(settings.max_k, settings.max_batch_users)
         self.serving = serving or ServingVersion(
             store, settings.items_alias, settings.alias_refresh_seconds
         )
         self.popularity = popularity or PopularityCache(
             store, settings.artifacts, settings.popular_depth
         )
+        self.embedder = embedder or Embedder(settings.inference_target, settings.embed_timeout_s)
+        self.trending = trending
         self.inline_store_calls = inline_store_calls(settings)
 
     async def _store_call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -231,18 +264,40 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
             return fn(*args, **kwargs)
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    # -- the API ------------------------------------------------------------------
+
     async def Recommend(
         self, request: ranking_pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> ranking_pb2.RecommendResponse:
         return await self._observe("Recommend", request, context, self._recommend)
+
+    async def RecommendForSession(
+        self, request: ranking_pb2.SessionRequest, context: grpc.aio.ServicerContext
+    ) -> ranking_pb2.RecommendResponse:
+        return await self._observe("RecommendForSession", request, context, self._session)
+
+    async def SimilarItems(
+        self, request: ranking_pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext
+    ) -> ranking_pb2.RecommendResponse:
+        return await self._observe("SimilarItems", request, context, self._similar)
+
+    async def Popular(
+        self, request: ranking_pb2.PopularRequest, context: grpc.aio.ServicerContext
+    ) -> ranking_pb2.RecommendResponse:
+        return await self._observe("Popular", request, context, self._popular_call)
+
+    async def BatchRecommend(
+        self, request: ranking_pb2.BatchRecommendRequest, context: grpc.aio.ServicerContext
+    ) -> ranking_pb2.BatchRecommendResponse:
+        return await self._observe("BatchRecommend", request, context, self._batch)
 
     async def _observe(
         self,
         method: str,
         request: Any,
         context: grpc.aio.ServicerContext,
-        handler: Callable[[Any, str, dict[str, Any]], Awaitable[T]],
-    ) -> T:
+        handler: Callable[[Any, grpc.aio.ServicerContext, dict[str, Any]], Awaitable[Response]],
+    ) -> Response:
         """Run ``handler`` with a request id, one log line, metrics and error mapping."""
         request_id = _request_id(context)
         token = correlation_id.set(request_id)
@@ -252,13 +307,19 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
         message = ""
         trailer = ((REQUEST_ID_KEY, request_id),)
         try:
-            response = await handler(request, request_id, details)
+            response = await handler(request, context, details)
+            response.request_id = request_id
             context.set_trailing_metadata(trailer)
             return response
+        except requests.InvalidArgument as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except RpcError as exc:
             code, message = exc.code, exc.message
         except asyncio.CancelledError:
-            code, message = grpc.StatusCode.CANCELLED, "cancelled by the client or shutdown"
+            code, message = (
+                grpc.StatusCode.CANCELLED,
+                "cancelled by the client, deadline or shutdown",
+            )
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
@@ -285,27 +346,165 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     async def _recommend(
-        self, request: ranking_pb2.RecommendRequest, request_id: str, details: dict[str, Any]
+        self,
+        request: ranking_pb2.RecommendRequest,
+        context: grpc.aio.ServicerContext,
+        details: dict[str, Any],
     ) -> ranking_pb2.RecommendResponse:
         details.update(user_id=request.user_id[:MAX_USER_ID_CHARS], k=request.k)
-        validate(request, self._settings.max_k)
+        user_id, options = requests.recommend(request, self._limits)
+
+        async def rank(version: str) -> Ranking:
+            return await self._rank_user(user_id, options, version)
+
+        ranking = await self._with_serving_version(rank)
+        details.update(_summary(ranking))
+        return ranking.response("")
+
+    async def _session(
+        self,
+        request: ranking_pb2.SessionRequest,
+        context: grpc.aio.ServicerContext,
+        details: dict[str, Any],
+    ) -> ranking_pb2.RecommendResponse:
+        details.update(events=len(request.events), k=request.k)
+        events, options = requests.session(request, self._limits)
+        session_items = [e.item_id for e in events]
+        exclude = options.exclude_item_ids | (
+            frozenset(session_items) if options.exclude_seen else frozenset()
+        )
+
+        async def rank(version: str) -> Ranking:
+            collection = self.serving.collection(version)
+            try:
+                session = await self.embedder.embed(events, _time_left(context))
+            except EmbedUnavailable as exc:
+                return await self._popular(
+                    version, options, exclude, exc.cause, f"{exc}: most popular items"
+                )
+            if session.model_version != version:
+                reason = (
+                    f"the session was encoded by model {session.model_version}, serving "
+                    f"{version} (a model swap is under way): most popular items"
+                )
+                return await self._popular(version, options, exclude, "version_mismatch", reason)
+            return await self._nearest(
+                collection, version, session.vector, options, exclude, session_items
+            )
+
+        ranking = await self._with_serving_version(rank)
+        details.update(_summary(ranking))
+        return ranking.response("")
+
+    async def _similar(
+        self,
+        request: ranking_pb2.SimilarItemsRequest,
+        context: grpc.aio.ServicerContext,
+        details: dict[str, Any],
+    ) -> ranking_pb2.RecommendResponse:
+        details.update(item_id=request.item_id[:MAX_USER_ID_CHARS], k=request.k)
+        item_id, options = requests.similar(request, self._limits)
+
+        async def rank(version: str) -> Ranking:
+            collection = self.serving.collection(version)
+            records = await self._store_call(self._store.retrieve, collection, [item_id])
+            if not records:
+                raise RpcError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"item_id {item_id!r} is not in the catalogue of model {version}",
+                )
+            vector = np.asarray(records[0].vector, dtype=np.float32)
+            return await self._nearest(
+                collection, version, vector, options, options.exclude_item_ids, ()
+            )
+
+        ranking = await self._with_serving_version(rank)
+        details.update(_summary(ranking))
+        return ranking.response("")
+
+    async def _popular_call(
+        self,
+        request: ranking_pb2.PopularRequest,
+        context: grpc.aio.ServicerContext,
+        details: dict[str, Any],
+    ) -> ranking_pb2.RecommendResponse:
+        details.update(k=request.k, window=request.window)
+        window, options = requests.popular(request, self._limits)
+
+        async def rank(version: str) -> Ranking:
+            if window != "all_time":
+                trending = self.trending.ranked(window) if self.trending is not None else []
+                if trending:
+                    collection = self.serving.collection(version)
+                    candidates = await self._trending_candidates(collection, trending, options)
+                    return Ranking(_scored(select(candidates, options.k, 0.0, 0)), version)
+                ranking = await self._popular(
+                    version,
+                    options,
+                    options.exclude_item_ids,
+                    "no_trending",
+                    f"no interactions counted for the {window} window yet: all-time popular items",
+                )
+                return ranking
+            ranking = await self._popular(version, options, options.exclude_item_ids, "", "")
+            return Ranking(ranking.items, version)
+
+        ranking = await self._with_serving_version(rank)
+        details.update(_summary(ranking))
+        return ranking.response("")
+
+    async def _batch(
+        self,
+        request: ranking_pb2.BatchRecommendRequest,
+        context: grpc.aio.ServicerContext,
+        details: dict[str, Any],
+    ) -> ranking_pb2.BatchRecommendResponse:
+        details.update(users=len(request.user_ids), k=request.k)
+        parsed = requests.batch(request, self._limits)
+
+        async def rank_all(version: str) -> dict[str, Ranking]:
+            # one version for the whole batch: a swap mid-batch must not mix models
+            results: dict[str, Ranking] = {}
+            for user_id in parsed.unique_ids:
+                results[user_id] = await self._rank_user(user_id, parsed.options, version)
+            return results
+
         for attempt in range(2):
             version = await self._serving_version()
             try:
-                response = await self._rank(request, version)
+                by_user = await rank_all(version)
+                break
+            except CollectionNotFound:
+                if attempt:
+                    raise
+                self.serving.invalidate()
+        fallbacks = sum(r.fallback for r in by_user.values())
+        details.update(model_version=version, fallbacks=fallbacks)
+        return ranking_pb2.BatchRecommendResponse(
+            results=[
+                ranking_pb2.UserRecommendations(
+                    user_id=user_id,
+                    items=by_user[user_id].items,
+                    fallback=by_user[user_id].fallback,
+                    fallback_reason=by_user[user_id].fallback_reason,
+                )
+                for user_id in parsed.user_ids
+            ],
+            model_version=version,
+        )
+
+    # -- ranking ------------------------------------------------------------------
+
+    async def _with_serving_version(self, rank: Callable[[str], Awaitable[Ranking]]) -> Ranking:
+        for attempt in range(2):
+            version = await self._serving_version()
+            try:
+                return await rank(version)
             except CollectionNotFound:
                 # The alias moved on and the old collection is gone: resolve again once.
                 if attempt:
                     raise
                 self.serving.invalidate()
-                continue
-            response.request_id = request_id
-            details.update(
-                model_version=response.model_version,
-                items=len(response.items),
-                fallback=response.fallback,
-            )
-            return response
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _serving_version(self) -> str:
@@ -318,47 +517,87 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
             raise RpcError(grpc.StatusCode.UNAVAILABLE, "no model is serving yet")
         return version
 
-    async def _rank(
-        self, request: ranking_pb2.RecommendRequest, version: str
-    ) -> ranking_pb2.RecommendResponse:
-        collection = self.serving.collection(version)
-        user = await self._user(request.user_id)
+    async def _rank_user(self, user_id: str, options: requests.Options, version: str) -> Ranking:
+        user = await self._user(user_id)
         if user is None:
             return await self._popular(
                 version,
-                collection,
-                request.k,
-                frozenset(),
+                options,
+                options.exclude_item_ids,
                 "unknown",
                 "unknown user: most popular items",
             )
+        exclude = options.exclude_item_ids | (
+            user.seen_item_ids if options.exclude_seen else frozenset()
+        )
         if user.model_version != version or user.vector.size == 0:
             reason = (
                 f"user vector is from model version {user.model_version or '(none)'}, "
                 f"serving {version}: most popular items not yet seen"
             )
-            return await self._popular(
-                version, collection, request.k, user.seen_item_ids, "version_mismatch", reason
-            )
+            return await self._popular(version, options, exclude, "version_mismatch", reason)
+        return await self._nearest(
+            self.serving.collection(version),
+            version,
+            user.vector,
+            options,
+            exclude,
+            user.recent_item_ids,
+        )
+
+    async def _nearest(
+        self,
+        collection: str,
+        version: str,
+        vector: np.ndarray,
+        options: requests.Options,
+        exclude: frozenset[str],
+        history_ids: Sequence[str],
+    ) -> Ranking:
+        """Nearest items to ``vector`` under the options; history feeds explanations."""
+        limit = pool_size(
+            options.k,
+            options.diversified,
+            self._settings.diversity_pool_factor,
+            self._settings.max_k * self._settings.diversity_pool_factor,
+        )
         hits = await self._store_call(
             self._store.search,
             collection,
-            user.vector,
-            request.k,
-            exclude_ids=user.seen_item_ids,
+            vector,
+            limit,
+            query_filter=options.filter,
+            exclude_ids=exclude,
         )
-        items = []
-        for hit in hits:
-            title, categories = item_details(hit.payload)
-            items.append(
-                ranking_pb2.ScoredItem(
-                    item_id=str(hit.payload.get("item_id", hit.id)),
-                    score=hit.score,
-                    title=title,
-                    categories=categories,
-                )
-            )
-        return ranking_pb2.RecommendResponse(items=items, model_version=version)
+        candidates = [
+            Candidate(str(hit.payload.get("item_id", hit.id)), hit.score, hit.payload)
+            for hit in hits
+        ]
+        if candidates and (options.mmr > 0 or options.explain):
+            candidates = await self._with_vectors(collection, candidates)
+        chosen = select(candidates, options.k, options.mmr, options.max_per_category)
+        reasons = None
+        if options.explain:
+            history = await self._history(collection, history_ids)
+            reasons = closest_in_history(chosen, history)
+        return Ranking(_scored(chosen, reasons, options.explain), version)
+
+    async def _with_vectors(self, collection: str, candidates: list[Candidate]) -> list[Candidate]:
+        records = await self._store_call(
+            self._store.retrieve, collection, [c.item_id for c in candidates]
+        )
+        vectors = {r.id: np.asarray(r.vector, dtype=np.float32) for r in records}
+        return [replace(c, vector=vectors.get(c.item_id)) for c in candidates]
+
+    async def _history(self, collection: str, history_ids: Sequence[str]) -> list[HistoryItem]:
+        newest = list(dict.fromkeys(reversed(history_ids)))[: self._settings.explain_history]
+        if not newest:
+            return []
+        records = await self._store_call(self._store.retrieve, collection, newest)
+        return [
+            HistoryItem(r.id, item_details(r.payload)[0], np.asarray(r.vector, dtype=np.float32))
+            for r in records
+        ]
 
     async def _user(self, user_id: str) -> UserState | None:
         try:
@@ -372,31 +611,105 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
     async def _popular(
         self,
         version: str,
-        collection: str,
-        k: int,
+        options: requests.Options,
         exclude: frozenset[str],
         cause: str,
         reason: str,
-    ) -> ranking_pb2.RecommendResponse:
-        FALLBACKS.labels(cause).inc()
+    ) -> Ranking:
+        """The version's popular items under the options; a fallback when ``cause`` is set.
+
+        Diversity on popular lists is the category cap alone (MMR needs relevance).
+        """
+        if cause:
+            FALLBACKS.labels(cause).inc()
         try:
-            popular = await self.popularity.get(version, collection)
+            popular = await self.popularity.get(version, self.serving.collection(version))
         except PopularityUnavailable:
             popular = []
             reason = f"{reason} (none: the popularity artifact of {version} is missing)"
-        items = [
-            ranking_pb2.ScoredItem(
-                item_id=p.item_id, score=p.score, title=p.title, categories=p.categories
-            )
-            for p in top_popular(popular, k, exclude)
+        candidates = [
+            Candidate(p.item_id, p.score, p.payload or _display_payload(p))
+            for p in popular
+            if p.item_id not in exclude
+            and (options.filter is None or options.filter.matches(p.payload))
         ]
-        return ranking_pb2.RecommendResponse(
-            items=items, model_version=version, fallback=True, fallback_reason=reason
+        chosen = select(candidates, options.k, 0.0, options.max_per_category)
+        return Ranking(
+            _scored(chosen, None, options.explain),
+            version,
+            fallback=bool(cause),
+            fallback_reason=reason if cause else "",
         )
+
+    async def _trending_candidates(
+        self, collection: str, trending: Sequence[tuple[str, float]], options: requests.Options
+    ) -> list[Candidate]:
+        """Trending ids in order, with payloads, filtered; enough of them for ``k``."""
+        out: list[Candidate] = []
+        depth = self._settings.popular_depth
+        wanted = [(i, s) for i, s in trending[:depth] if i not in options.exclude_item_ids]
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            records = await self._store_call(
+                self._store.retrieve, collection, [i for i, _ in chunk], with_vectors=False
+            )
+            payloads = {r.id: r.payload for r in records}
+            for item_id, score in chunk:
+                payload = payloads.get(item_id)
+                if payload is None:
+                    continue  # not in the serving catalogue (deleted or not indexed yet)
+                if options.filter is None or options.filter.matches(payload):
+                    out.append(Candidate(item_id, score, payload))
+            if len(out) >= options.k:
+                break
+        return out
+
+
+def _display_payload(item: PopularItem) -> dict[str, Any]:
+    return {"title": item.title, "categories": list(item.categories)}
+
+
+def _scored(
+    chosen: Sequence[Ranked],
+    reasons: Sequence[Reason | None] | None = None,
+    explain: bool = False,
+) -> list[ranking_pb2.ScoredItem]:
+    items = []
+    for index, ranked in enumerate(chosen):
+        candidate = ranked.candidate
+        item = ranking_pb2.ScoredItem(
+            item_id=candidate.item_id,
+            score=ranked.score,
+            title=candidate.title,
+            categories=candidate.categories,
+        )
+        if explain:
+            reason = reasons[index] if reasons is not None else None
+            item.explanation.relevance = candidate.relevance
+            item.explanation.diversity_penalty = ranked.penalty
+            if reason is not None:
+                item.explanation.closest_history_item_id = reason.item_id
+                item.explanation.closest_history_title = reason.title
+                item.explanation.history_similarity = reason.similarity
+        items.append(item)
+    return items
+
+
+def _summary(ranking: Ranking) -> dict[str, Any]:
+    return {
+        "model_version": ranking.model_version,
+        "items": len(ranking.items),
+        "fallback": ranking.fallback,
+    }
 
 
 _EXPECTED_CODES = frozenset(
-    {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.CANCELLED}
+    {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.CANCELLED,
+    }
 )
 
 
@@ -425,6 +738,7 @@ class RunningServer:
             await self._watcher
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.servicer.embedder.close()
         log.info("ranking server stopped")
 
     async def wait(self) -> None:
@@ -446,11 +760,14 @@ async def serve(
     store: VectorStore,
     *,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    trending: TrendingSource | None = None,
+    embedder: Embedder | None = None,
 ) -> RunningServer:
     """Start the ranking server on ``settings.host:settings.port`` (0 = a free port).
 
     Health checking (``grpc.health.v1``: "" SERVING once started, ``recsys.v1.RankingService``
-    SERVING only while a model serves) and server reflection are on.
+    SERVING only while a model serves) and server reflection are on. Bearer-token auth
+    and TLS follow the settings (see ``services.ranking.auth``).
     """
     health_servicer = health.aio.HealthServicer()
     popularity = PopularityCache(store, settings.artifacts, settings.popular_depth)
@@ -470,11 +787,21 @@ async def serve(
     serving = ServingVersion(
         store, settings.items_alias, settings.alias_refresh_seconds, on_change=on_change
     )
-    servicer = RankingServicer(settings, store, serving=serving, popularity=popularity)
+    servicer = RankingServicer(
+        settings,
+        store,
+        serving=serving,
+        popularity=popularity,
+        embedder=embedder,
+        trending=trending,
+    )
     server = grpc.aio.server(
-        interceptors=list(interceptors),
+        interceptors=[*auth.interceptors(settings), *interceptors],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
-        options=[("grpc.so_reuseport", 0)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ],
     )
     ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -482,7 +809,11 @@ async def serve(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(address)
+    credentials = auth.server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise RuntimeError(f"cannot bind the gRPC server to {address}")
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -493,7 +824,12 @@ async def serve(
     )
     log.info(
         "ranking server listening",
-        extra={"address": f"{settings.host}:{port}", "grpc_service": SERVICE_NAME},
+        extra={
+            "address": f"{settings.host}:{port}",
+            "grpc_service": SERVICE_NAME,
+            "tls": credentials is not None,
+            "auth": bool(settings.auth_tokens),
+        },
     )
     return RunningServer(
         server=server,

@@ -6,10 +6,11 @@ The shared groups keep their own prefixes: ``RECSYS_KAFKA_*``, ``RECSYS_STORE_*`
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from recsys.settings import (
     ArtifactSettings,
@@ -52,6 +53,48 @@ class RankingSettings(BaseSettings):
         ge=1,
         description="popular items loaded per version for the fallback (seen ones skipped)",
     )
+
+    max_batch_users: int = Field(1000, ge=1, description="most user ids in one BatchRecommend")
+    max_request_bytes: int = Field(
+        1 << 20, ge=1024, description="largest request message accepted (bytes)"
+    )
+    diversity_pool_factor: int = Field(
+        4, ge=1, le=50, description="with diversity, candidates searched per item asked for"
+    )
+    explain_history: int = Field(
+        50, ge=1, le=1000, description="newest history items an explanation compares with"
+    )
+    inference_target: str = Field(
+        "localhost:50052", description="host:port of the inference service's Embed API"
+    )
+    embed_timeout_s: float = Field(
+        0.5, gt=0, description="deadline of one Embed call (capped by the caller's deadline)"
+    )
+    trending: bool = Field(
+        True, description="fold the interactions topic into trending counts for Popular"
+    )
+    trending_lookback_s: float = Field(
+        28 * 86_400.0, gt=0, description="how far back a starting replica reads interactions"
+    )
+    auth_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "bearer tokens accepted (comma-separated); empty = no authentication. "
+            "Health checks never need one"
+        ),
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain: serve TLS")
+    tls_key_file: Path | None = Field(None, description="PEM private key of the certificate")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: require client certificates signed by it (mTLS)"
+    )
+
+    @field_validator("auth_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)

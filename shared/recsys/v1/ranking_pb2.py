@@ -24,19 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recsys/v1/ranking.proto\x12\trecsys.v1\".\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\"O\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\"\x8f\x01\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t2X\n\x0eRankingService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recsys/v1/ranking.proto\x12\trecsys.v1\"\x8c\x01\n\nItemFilter\x12\x16\n\x0e\x63\x61tegories_any\x18\x01 \x03(\t\x12\x17\n\x0f\x63\x61tegories_none\x18\x02 \x03(\t\x12\'\n\x06ranges\x18\x03 \x03(\x0b\x32\x17.recsys.v1.NumericRange\x12\x16\n\tavailable\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x0c\n\n_available\"U\n\x0cNumericRange\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x10\n\x03min\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"2\n\tDiversity\x12\x0b\n\x03mmr\x18\x01 \x01(\x02\x12\x18\n\x10max_per_category\x18\x02 \x01(\x05\"\xd5\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.recsys.v1.ItemFilter\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x19\n\x0c\x65xclude_seen\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\'\n\tdiversity\x18\x06 \x01(\x0b\x32\x14.recsys.v1.Diversity\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\x42\x0f\n\r_exclude_seen\"3\n\x0cSessionEvent\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\"\xeb\x01\n\x0eSessionRequest\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.recsys.v1.SessionEvent\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.recsys.v1.ItemFilter\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x19\n\x0c\x65xclude_seen\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\'\n\tdiversity\x18\x06 \x01(\x0b\x32\x14.recsys.v1.Diversity\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\x42\x0f\n\r_exclude_seen\"\x9b\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.recsys.v1.ItemFilter\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\'\n\tdiversity\x18\x05 \x01(\x0b\x32\x14.recsys.v1.Diversity\"\x89\x01\n\x0ePopularRequest\x12\t\n\x01k\x18\x01 \x01(\x05\x12%\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x15.recsys.v1.ItemFilter\x12+\n\x06window\x18\x03 \x01(\x0e\x32\x1b.recsys.v1.PopularityWindow\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\"\xdb\x01\n\x15\x42\x61tchRecommendRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.recsys.v1.ItemFilter\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x19\n\x0c\x65xclude_seen\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\'\n\tdiversity\x18\x06 \x01(\x0b\x32\x14.recsys.v1.Diversity\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\x42\x0f\n\r_exclude_seen\"\x97\x01\n\x0b\x45xplanation\x12\x1f\n\x17\x63losest_history_item_id\x18\x01 \x01(\t\x12\x1d\n\x15\x63losest_history_title\x18\x02 \x01(\t\x12\x1a\n\x12history_similarity\x18\x03 \x01(\x02\x12\x11\n\trelevance\x18\x04 \x01(\x02\x12\x19\n\x11\x64iversity_penalty\x18\x05 \x01(\x02\"|\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12+\n\x0b\x65xplanation\x18\x05 \x01(\x0b\x32\x16.recsys.v1.Explanation\"\x8f\x01\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"w\n\x13UserRecommendations\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12$\n\x05items\x18\x02 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\"t\n\x16\x42\x61tchRecommendResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.recsys.v1.UserRecommendations\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t*\xa8\x01\n\x10PopularityWindow\x12!\n\x1dPOPULARITY_WINDOW_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPOPULARITY_WINDOW_ALL_TIME\x10\x01\x12\x1a\n\x16POPULARITY_WINDOW_HOUR\x10\x02\x12\x19\n\x15POPULARITY_WINDOW_DAY\x10\x03\x12\x1a\n\x16POPULARITY_WINDOW_WEEK\x10\x04\x32\x91\x03\n\x0eRankingService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12N\n\x13RecommendForSession\x12\x19.recsys.v1.SessionRequest\x1a\x1c.recsys.v1.RecommendResponse\x12L\n\x0cSimilarItems\x12\x1e.recsys.v1.SimilarItemsRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x42\n\x07Popular\x12\x19.recsys.v1.PopularRequest\x1a\x1c.recsys.v1.RecommendResponse\x12U\n\x0e\x42\x61tchRecommend\x12 .recsys.v1.BatchRecommendRequest\x1a!.recsys.v1.BatchRecommendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.ranking_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECOMMENDREQUEST']._serialized_start=38
-  _globals['_RECOMMENDREQUEST']._serialized_end=84
-  _globals['_SCOREDITEM']._serialized_start=86
-  _globals['_SCOREDITEM']._serialized_end=165
-  _globals['_RECOMMENDRESPONSE']._serialized_start=168
-  _globals['_RECOMMENDRESPONSE']._serialized_end=311
-  _globals['_RANKINGSERVICE']._serialized_start=313
-  _globals['_RANKINGSERVICE']._serialized_end=401
+  _globals['_POPULARITYWINDOW']._serialized_start=2013
+  _globals['_POPULARITYWINDOW']._serialized_end=2181
+  _globals['_ITEMFILTER']._serialized_start=39
+  _globals['_ITEMFILTER']._serialized_end=179
+  _globals['_NUMERICRANGE']._serialized_start=181
+  _globals['_NUMERICRANGE']._serialized_end=266
+  _globals['_DIVERSITY']._serialized_start=268
+  _globals['_DIVERSITY']._serialized_end=318
+  _globals['_RECOMMENDREQUEST']._serialized_start=321
+  _globals['_RECOMMENDREQUEST']._serialized_end=534
+  _globals['_SESSIONEVENT']._serialized_start=536
+  _globals['_SESSIONEVENT']._serialized_end=587
+  _globals['_SESSIONREQUEST']._serialized_start=590
+  _globals['_SESSIONREQUEST']._serialized_end=825
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=828
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=983
+  _globals['_POPULARREQUEST']._serialized_start=986
+  _globals['_POPULARREQUEST']._serialized_end=1123
+  _globals['_BATCHRECOMMENDREQUEST']._serialized_start=1126
+  _globals['_BATCHRECOMMENDREQUEST']._serialized_end=1345
+  _globals['_EXPLANATION']._serialized_start=1348
+  _globals['_EXPLANATION']._serialized_end=1499
+  _globals['_SCOREDITEM']._serialized_start=1501
+  _globals['_SCOREDITEM']._serialized_end=1625
+  _globals['_RECOMMENDRESPONSE']._serialized_start=1628
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1771
+  _globals['_USERRECOMMENDATIONS']._serialized_start=1773
+  _globals['_USERRECOMMENDATIONS']._serialized_end=1892
+  _globals['_BATCHRECOMMENDRESPONSE']._serialized_start=1894
+  _globals['_BATCHRECOMMENDRESPONSE']._serialized_end=2010
+  _globals['_RANKINGSERVICE']._serialized_start=2184
+  _globals['_RANKINGSERVICE']._serialized_end=2585
 # @@protoc_insertion_point(module_scope)

@@ -26,11 +26,7 @@ if _version_not_supported:
 
 
 class RankingServiceStub:
-    """Serves ranked item lists for users.
-
-    Planned additions (not yet served): SimilarItems, Popular, BatchRecommend, and
-    filters on Recommend.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -43,25 +39,65 @@ class RankingServiceStub:
                 request_serializer=recsys_dot_v1_dot_ranking__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_ranking__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.RecommendForSession = channel.unary_unary(
+                '/recsys.v1.RankingService/RecommendForSession',
+                request_serializer=recsys_dot_v1_dot_ranking__pb2.SessionRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_ranking__pb2.RecommendResponse.FromString,
+                _registered_method=True)
+        self.SimilarItems = channel.unary_unary(
+                '/recsys.v1.RankingService/SimilarItems',
+                request_serializer=recsys_dot_v1_dot_ranking__pb2.SimilarItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_ranking__pb2.RecommendResponse.FromString,
+                _registered_method=True)
+        self.Popular = channel.unary_unary(
+                '/recsys.v1.RankingService/Popular',
+                request_serializer=recsys_dot_v1_dot_ranking__pb2.PopularRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_ranking__pb2.RecommendResponse.FromString,
+                _registered_method=True)
+        self.BatchRecommend = channel.unary_unary(
+                '/recsys.v1.RankingService/BatchRecommend',
+                request_serializer=recsys_dot_v1_dot_ranking__pb2.BatchRecommendRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_ranking__pb2.BatchRecommendResponse.FromString,
+                _registered_method=True)
 
 
 class RankingServiceServicer:
-    """Serves ranked item lists for users.
-
-    Planned additions (not yet served): SimilarItems, Popular, BatchRecommend, and
-    filters on Recommend.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def Recommend(self, request, context):
-        """The top `k` items for one user, best first.
+        """The top `k` items for one user, best first. A user without a vector from the
+        serving model gets popular items (fallback = true, with the reason).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
-        Errors:
-        INVALID_ARGUMENT  user_id empty or longer than 256 characters, or k outside
-        1..max_k (1000 by default); the message names the field.
-        UNAVAILABLE       no model is serving yet (retry later).
+    def RecommendForSession(self, request, context):
+        """The top `k` items for an anonymous visitor, from the session's events alone (no
+        stored user): the events are encoded by the inference service's Embed call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
-        A request may carry `x-request-id` metadata; it is echoed in the response's
-        request_id and in the server's logs.
+    def SimilarItems(self, request, context):
+        """Items similar to one item (item-to-item), including items known by text only.
+        NOT_FOUND  the item is not in the serving catalogue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Popular(self, request, context):
+        """The most popular items, all-time or trending over a window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRecommend(self, request, context):
+        """Recommend for many users in one call (e-mails, pushes). Per-user results come in
+        the order of `user_ids`; a duplicate id is answered once per occurrence.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +111,26 @@ def add_RankingServiceServicer_to_server(servicer, server):
                     request_deserializer=recsys_dot_v1_dot_ranking__pb2.RecommendRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_ranking__pb2.RecommendResponse.SerializeToString,
             ),
+            'RecommendForSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecommendForSession,
+                    request_deserializer=recsys_dot_v1_dot_ranking__pb2.SessionRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_ranking__pb2.RecommendResponse.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=recsys_dot_v1_dot_ranking__pb2.SimilarItemsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_ranking__pb2.RecommendResponse.SerializeToString,
+            ),
+            'Popular': grpc.unary_unary_rpc_method_handler(
+                    servicer.Popular,
+                    request_deserializer=recsys_dot_v1_dot_ranking__pb2.PopularRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_ranking__pb2.RecommendResponse.SerializeToString,
+            ),
+            'BatchRecommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRecommend,
+                    request_deserializer=recsys_dot_v1_dot_ranking__pb2.BatchRecommendRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_ranking__pb2.BatchRecommendResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'recsys.v1.RankingService', rpc_method_handlers)
@@ -84,11 +140,7 @@ def add_RankingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RankingService:
-    """Serves ranked item lists for users.
-
-    Planned additions (not yet served): SimilarItems, Popular, BatchRecommend, and
-    filters on Recommend.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def Recommend(request,
@@ -107,6 +159,114 @@ class RankingService:
             '/recsys.v1.RankingService/Recommend',
             recsys_dot_v1_dot_ranking__pb2.RecommendRequest.SerializeToString,
             recsys_dot_v1_dot_ranking__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecommendForSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.RankingService/RecommendForSession',
+            recsys_dot_v1_dot_ranking__pb2.SessionRequest.SerializeToString,
+            recsys_dot_v1_dot_ranking__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.RankingService/SimilarItems',
+            recsys_dot_v1_dot_ranking__pb2.SimilarItemsRequest.SerializeToString,
+            recsys_dot_v1_dot_ranking__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Popular(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.RankingService/Popular',
+            recsys_dot_v1_dot_ranking__pb2.PopularRequest.SerializeToString,
+            recsys_dot_v1_dot_ranking__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRecommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.RankingService/BatchRecommend',
+            recsys_dot_v1_dot_ranking__pb2.BatchRecommendRequest.SerializeToString,
+            recsys_dot_v1_dot_ranking__pb2.BatchRecommendResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,38 @@ class Filter:
     def is_empty(self) -> bool:
         return not (self.any_of or self.none_of or self.ranges or self.equals)
 
+    def matches(self, payload: Mapping[str, Any]) -> bool:
+        """Whether a payload passes, with the engines' semantics (for in-memory lists)."""
+        for key, values in self.any_of.items():
+            if not _as_keywords(payload.get(key)) & {str(v) for v in values}:
+                return False
+        for key, values in self.none_of.items():
+            if _as_keywords(payload.get(key)) & {str(v) for v in values}:
+                return False
+        for key, bounds in self.ranges.items():
+            value = payload.get(key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return False
+            if bounds.gte is not None and value < bounds.gte:
+                return False
+            if bounds.lte is not None and value > bounds.lte:
+                return False
+        for key, expected in self.equals.items():
+            value = payload.get(key)
+            if isinstance(expected, bool) != isinstance(value, bool) or value != expected:
+                return False
+        return True
+
+
+def _as_keywords(value: Any) -> set[str]:
+    if value is None:
+        return set()
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, list | tuple | set | frozenset):
+        return {str(v) for v in value}
+    return {str(value)}
+
 
 @runtime_checkable
 class VectorStore(Protocol):
