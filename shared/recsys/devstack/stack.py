@@ -91,6 +91,7 @@ class LocalStack:
             "RECSYS_TRAINER_TEXT_CACHE_DIR": str(work / "text-cache" / "trainer"),
             "RECSYS_RANKING_PORT": str(self.ranking_port),
             "RECSYS_INFERENCE_GRPC_PORT": str(self.inference_port),
+            "RECSYS_RANKING_INFERENCE_TARGET": f"127.0.0.1:{self.inference_port}",
             "RECSYS_TRAINER_MIN_INTERACTIONS": str(self.config.trainer_min_interactions),
             "RECSYS_TRAINER_QUIET_SECONDS": str(self.config.trainer_quiet_seconds),
             "RECSYS_OBS_LOG_LEVEL": self.config.log_level,
