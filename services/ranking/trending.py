@@ -121,7 +121,7 @@ class TrendingConsumer:
 
     def _run(self) -> None:
         consumer: Consumer | None = None
-        topic = Topics(self._kafka.topic_prefix).interactions
+        topic = Topics.from_settings(self._kafka).interactions
         while not self._stop.is_set():
             try:
                 if consumer is None:
