@@ -10,10 +10,16 @@ input (argparse's own convention).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from recsys.client import Diversity, ItemFilter, RankingClient, RankingError
+    from recsys.v1.ranking_pb2 import Explanation, RecommendResponse
 
 Handler = Callable[[argparse.Namespace], int]
 Configure = Callable[[argparse.ArgumentParser], None]
@@ -207,6 +213,404 @@ def _schemas_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- ranking queries (recommend, similar, popular, session) -------------------------
+
+TOKEN_ENV = "RECSYS_RANKING_TOKEN"
+# recsys.client.WINDOWS, spelled out so that building the parser does not import gRPC.
+POPULARITY_WINDOWS = ("all_time", "hour", "day", "week")
+_TITLE_WIDTH = 60
+
+
+def _range(text: str) -> tuple[str, float | None, float | None]:
+    """``ATTR:MIN:MAX`` with either bound empty (open), e.g. ``price::20``."""
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[0]:
+        raise argparse.ArgumentTypeError(f"{text!r}: use ATTRIBUTE:MIN:MAX, e.g. price::20")
+    try:
+        low, high = (float(p) if p.strip() else None for p in parts[1:])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the bounds must be numbers") from None
+    return parts[0], low, high
+
+
+def _session_event(text: str) -> tuple[str, str]:
+    """``ITEM:TYPE``; split at the last colon so item ids may contain colons."""
+    item_id, sep, event_type = text.rpartition(":")
+    if not sep or not item_id or not event_type:
+        raise argparse.ArgumentTypeError(f"{text!r}: use ITEM:TYPE, e.g. 50:view")
+    return item_id, event_type
+
+
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--target",
+        default=None,
+        metavar="HOST:PORT",
+        help="the ranking server (default: $RECSYS_RANKING_TARGET or localhost:50051)",
+    )
+    group.add_argument(
+        "--token", default=None, help=f"bearer token to send (default: ${TOKEN_ENV} if set)"
+    )
+    group.add_argument("--tls", action="store_true", help="connect with TLS")
+    group.add_argument(
+        "--ca-cert",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="CA certificate(s) to verify the server with (implies --tls)",
+    )
+    group.add_argument(
+        "--client-cert",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="client certificate chain for mTLS (with --client-key; implies --tls)",
+    )
+    group.add_argument(
+        "--client-key", type=Path, default=None, metavar="PEM", help="its private key"
+    )
+    group.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="deadline in seconds (default 5)"
+    )
+    group.add_argument(
+        "--request-id", default=None, metavar="ID", help="sent as x-request-id metadata"
+    )
+    parser.add_argument("--json", action="store_true", help="print the response as JSON")
+
+
+def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("filter")
+    group.add_argument(
+        "--category",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only items with at least one of these categories (repeatable)",
+    )
+    group.add_argument(
+        "--not-category",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="no items with this category (repeatable)",
+    )
+    group.add_argument(
+        "--year-min", type=float, default=None, metavar="YEAR", help="only items from this year on"
+    )
+    group.add_argument(
+        "--year-max", type=float, default=None, metavar="YEAR", help="only items up to this year"
+    )
+    group.add_argument(
+        "--range",
+        type=_range,
+        action="append",
+        default=[],
+        dest="ranges",
+        metavar="ATTR:MIN:MAX",
+        help="numeric attribute range, a bound may be empty, e.g. price::20 (repeatable)",
+    )
+    group.add_argument(
+        "--available",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="only items whose 'available' attribute is true (--no-available: false)",
+    )
+    group.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="ITEM",
+        help="never return this item (repeatable)",
+    )
+
+
+def _add_diversity_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("diversity")
+    group.add_argument(
+        "--diversity", type=float, default=0.0, metavar="MMR", help="MMR strength 0..1"
+    )
+    group.add_argument(
+        "--max-per-category",
+        type=int,
+        default=0,
+        metavar="N",
+        help="at most N items per (first) category",
+    )
+
+
+def _add_k(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--k", type=int, default=10, help="how many items (default 10)")
+
+
+@command("recommend", "recommendations for one user from the ranking server")
+def _configure_recommend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user", required=True, help="the user id")
+    _add_k(parser)
+    parser.add_argument(
+        "--include-seen", action="store_true", help="keep items the user interacted with"
+    )
+    parser.add_argument("--explain", action="store_true", help="show why each item came")
+    _add_filter_arguments(parser)
+    _add_diversity_arguments(parser)
+    _add_connection_arguments(parser)
+    parser.set_defaults(handler=_recommend)
+
+
+@command("similar", "items similar to one item, from the ranking server")
+def _configure_similar(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--item", required=True, help="the item id")
+    _add_k(parser)
+    _add_filter_arguments(parser)
+    _add_diversity_arguments(parser)
+    _add_connection_arguments(parser)
+    parser.set_defaults(handler=_similar, explain=False)
+
+
+@command("popular", "the most popular items, all-time or trending")
+def _configure_popular(parser: argparse.ArgumentParser) -> None:
+    _add_k(parser)
+    parser.add_argument(
+        "--window",
+        choices=POPULARITY_WINDOWS,
+        default="all_time",
+        help="all_time, or trending over an hour, day or week (default all_time)",
+    )
+    _add_filter_arguments(parser)
+    _add_connection_arguments(parser)
+    parser.set_defaults(handler=_popular, explain=False)
+
+
+@command("session", "recommendations for an anonymous session's events")
+def _configure_session(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--event",
+        type=_session_event,
+        action="append",
+        required=True,
+        dest="events",
+        metavar="ITEM:TYPE",
+        help="one event, oldest first: view, click, add_to_cart, purchase or rating "
+        "(repeatable), e.g. --event 50:view --event 181:purchase",
+    )
+    _add_k(parser)
+    parser.add_argument("--include-seen", action="store_true", help="keep the session's own items")
+    parser.add_argument("--explain", action="store_true", help="show why each item came")
+    _add_filter_arguments(parser)
+    _add_diversity_arguments(parser)
+    _add_connection_arguments(parser)
+    parser.set_defaults(handler=_session)
+
+
+def _item_filter(args: argparse.Namespace) -> ItemFilter | None:
+    from recsys.client import ItemFilter
+
+    ranges: dict[str, tuple[float | None, float | None]] = {}
+    for attribute, low, high in args.ranges:
+        if attribute in ranges:
+            raise ValueError(f"--range {attribute} is given twice")
+        ranges[attribute] = (low, high)
+    if args.year_min is not None or args.year_max is not None:
+        if "year" in ranges:
+            raise ValueError("give the year as --year-min/--year-max or --range, not both")
+        ranges["year"] = (args.year_min, args.year_max)
+    item_filter = ItemFilter(
+        categories_any=tuple(args.category),
+        categories_none=tuple(args.not_category),
+        ranges=ranges,
+        available=args.available,
+    )
+    # No condition at all: send no filter, as a caller of the API would.
+    return None if item_filter == ItemFilter() else item_filter
+
+
+def _diversity(args: argparse.Namespace) -> Diversity | None:
+    from recsys.client import Diversity
+
+    if not args.diversity and not args.max_per_category:
+        return None
+    return Diversity(mmr=args.diversity, max_per_category=args.max_per_category)
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    return _query(
+        args,
+        lambda client, item_filter: client.recommend(
+            args.user,
+            args.k,
+            filter=item_filter,
+            exclude_item_ids=args.exclude,
+            exclude_seen=False if args.include_seen else None,
+            diversity=_diversity(args),
+            explain=args.explain,
+            request_id=args.request_id,
+        ),
+    )
+
+
+def _similar(args: argparse.Namespace) -> int:
+    return _query(
+        args,
+        lambda client, item_filter: client.similar_items(
+            args.item,
+            args.k,
+            filter=item_filter,
+            exclude_item_ids=args.exclude,
+            diversity=_diversity(args),
+            request_id=args.request_id,
+        ),
+    )
+
+
+def _popular(args: argparse.Namespace) -> int:
+    return _query(
+        args,
+        lambda client, item_filter: client.popular(
+            args.k,
+            window=args.window,
+            filter=item_filter,
+            exclude_item_ids=args.exclude,
+            request_id=args.request_id,
+        ),
+    )
+
+
+def _session(args: argparse.Namespace) -> int:
+    return _query(
+        args,
+        lambda client, item_filter: client.recommend_for_session(
+            args.events,
+            args.k,
+            filter=item_filter,
+            exclude_item_ids=args.exclude,
+            exclude_seen=False if args.include_seen else None,
+            diversity=_diversity(args),
+            explain=args.explain,
+            request_id=args.request_id,
+        ),
+    )
+
+
+def _query(
+    args: argparse.Namespace,
+    call: Callable[[RankingClient, ItemFilter | None], RecommendResponse],
+) -> int:
+    """Open a client from the connection arguments, make ``call``, print its answer."""
+    from google.protobuf import json_format
+
+    from recsys.client import DEFAULT_TARGET, TARGET_ENV, RankingClient, RankingError
+
+    target = args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    try:
+        item_filter = _item_filter(args)
+        client = RankingClient(
+            target,
+            timeout_s=args.timeout,
+            token=token,
+            tls=args.tls,
+            root_certificates=args.ca_cert,
+            certificate_chain=args.client_cert,
+            private_key=args.client_key,
+        )
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        return _fail(f"cannot read {exc.filename}: {exc.strerror}", EXIT_USAGE)
+    try:
+        with client:
+            response = call(client, item_filter)
+    except RankingError as exc:
+        return _fail(*_error_message(exc, target, args.timeout))
+    if args.json:
+        print(
+            json_format.MessageToJson(
+                response,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            )
+        )
+    else:
+        print(format_response(response, explain=args.explain))
+    return EXIT_OK
+
+
+def _error_message(exc: RankingError, target: str, timeout_s: float) -> tuple[str, int]:
+    """One line for a failed call, and the exit code (2 when the request was at fault)."""
+    from recsys.client import (
+        DeadlineExceededError,
+        InvalidArgumentError,
+        UnauthenticatedError,
+        UnavailableError,
+    )
+
+    quoted = f" (request id {exc.request_id})" if exc.request_id else ""
+    if isinstance(exc, InvalidArgumentError):
+        return exc.details, EXIT_USAGE
+    if isinstance(exc, UnavailableError):
+        # A request id means the server answered (e.g. no model yet); none, that no
+        # server was reached at all.
+        if exc.request_id:
+            return f"the ranking server at {target} is unavailable: {exc.details}{quoted}", 1
+        return f"the ranking server at {target} cannot be reached: {exc.details}", 1
+    if isinstance(exc, DeadlineExceededError):
+        return f"no answer from the ranking server at {target} within {timeout_s:g}s{quoted}", 1
+    if isinstance(exc, UnauthenticatedError):
+        hint = f"pass --token or set {TOKEN_ENV}"
+        return f"the ranking server at {target} refused the call: {exc.details} ({hint})", 1
+    return f"{exc.code.name}: {exc.details}{quoted}", EXIT_FAILURE
+
+
+def _explanation(explanation: Explanation) -> str:
+    parts = []
+    if explanation.closest_history_item_id:
+        like = explanation.closest_history_title or explanation.closest_history_item_id
+        parts.append(f"like {like} ({explanation.history_similarity:.2f})")
+    parts.append(f"relevance {explanation.relevance:.3f}")
+    if explanation.diversity_penalty:
+        parts.append(f"diversity -{explanation.diversity_penalty:.3f}")
+    return "; ".join(parts)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def format_response(response: RecommendResponse, *, explain: bool = False) -> str:
+    """A header line (model, count, request id), the fallback reason if any, then an
+    aligned table: rank, item, score, title, categories and, with ``explain``, why."""
+    count = len(response.items)
+    header = f"model {response.model_version or '?'}, {count} item{'' if count == 1 else 's'}"
+    if response.request_id:
+        header += f", request {response.request_id}"
+    lines = [header]
+    if response.fallback:
+        lines.append(f"fallback: {response.fallback_reason or '(no reason given)'}")
+    if not count:
+        return "\n".join(lines)
+    columns = ["rank", "item", "score", "title", "categories"] + (["why"] if explain else [])
+    rows = [
+        [
+            str(rank),
+            item.item_id,
+            f"{item.score:.4f}",
+            _clip(item.title, _TITLE_WIDTH),
+            ", ".join(item.categories),
+        ]
+        + ([_explanation(item.explanation)] if explain else [])
+        for rank, item in enumerate(response.items, start=1)
+    ]
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
+    right = {0, 2}  # rank and score line up on their last digit
+    for row in [columns, *rows]:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
 # --- entry point --------------------------------------------------------------------
 
 
@@ -216,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recsys",
         description="Real-time recommender operations. Kafka settings come from "
-        "RECSYS_KAFKA_* environment variables (e.g. RECSYS_KAFKA_BOOTSTRAP_SERVERS).",
+        "RECSYS_KAFKA_* environment variables (e.g. RECSYS_KAFKA_BOOTSTRAP_SERVERS); "
+        "the ranking server queried is RECSYS_RANKING_TARGET (host:port).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = _subcommands(parser, "commands")

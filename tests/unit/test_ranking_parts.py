@@ -119,7 +119,7 @@ def test_batch_keeps_order_and_dedupes_work() -> None:
         ranking_pb2.BatchRecommendRequest(user_ids=["b", "a", "b"], k=2), LIMITS
     )
     assert parsed.user_ids == ["b", "a", "b"] and parsed.unique_ids == ["b", "a"]
-    with pytest.raises(requests.InvalidArgument, match="^user_ids has 11 ids"):
+    with pytest.raises(requests.InvalidArgument, match=r"^user_ids has 11 ids"):
         requests.batch(ranking_pb2.BatchRecommendRequest(user_ids=["a"] * 11, k=2), LIMITS)
 
 
