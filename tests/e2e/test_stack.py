@@ -23,7 +23,7 @@ from recsys.events import DeadLetter, InteractionEvent, ItemEvent, ItemVector
 from recsys.kafka import make_producer, produce
 from recsys.publish import publish_events
 from recsys.topics import Topics
-from recsys.v1 import inference_pb2, inference_pb2_grpc, ranking_pb2_grpc
+from recsys.v1 import inference_pb2, inference_pb2_grpc, ranking_pb2, ranking_pb2_grpc
 from tests.support.topics import TopicReader
 
 pytestmark = pytest.mark.e2e
@@ -244,3 +244,64 @@ def test_embed_encodes_a_session_with_the_serving_model(
                 embed.Embed(inference_pb2.EmbedRequest(interactions=interactions), timeout=5)
             assert error.value.code() == code
             assert message in (error.value.details() or "")
+
+
+def test_every_ranking_method_answers_over_the_running_stack(
+    stub: ranking_pb2_grpc.RankingServiceStub,
+) -> None:
+    """Sessions go through inference's Embed, trending through the live interactions."""
+    serving = recommend(stub, "user-0", k=1).model_version
+    session = stub.RecommendForSession(
+        ranking_pb2.SessionRequest(
+            events=[
+                ranking_pb2.SessionEvent(item_id="horror-0", event_type="view"),
+                ranking_pb2.SessionEvent(item_id="horror-1", event_type="purchase"),
+            ],
+            k=3,
+            explain=True,
+        ),
+        timeout=10,
+    )
+    assert not session.fallback, session.fallback_reason
+    assert session.model_version == serving
+    assert all(i.item_id.startswith("horror-") for i in session.items)
+    assert {"horror-0", "horror-1"}.isdisjoint(i.item_id for i in session.items)
+    assert all(i.explanation.closest_history_item_id for i in session.items)
+
+    similar = stub.SimilarItems(
+        ranking_pb2.SimilarItemsRequest(item_id="cooking-2", k=3), timeout=10
+    )
+    assert [i.item_id for i in similar.items][:1] and all(
+        i.item_id.startswith("cooking-") and i.item_id != "cooking-2" for i in similar.items
+    )
+    filtered = stub.Recommend(
+        ranking_pb2.RecommendRequest(
+            user_id="user-0", k=5, filter=ranking_pb2.ItemFilter(categories_any=["sports"])
+        ),
+        timeout=10,
+    )
+    assert filtered.items and all(i.categories == ["sports"] for i in filtered.items)
+
+    def trending_ready() -> bool:
+        response = stub.Popular(
+            ranking_pb2.PopularRequest(k=5, window=ranking_pb2.POPULARITY_WINDOW_WEEK), timeout=10
+        )
+        return not response.fallback and len(response.items) == 5
+
+    deadline = time.monotonic() + 60
+    while not trending_ready():
+        assert time.monotonic() < deadline, "trending never counted the published interactions"
+        time.sleep(0.5)
+
+    batch = stub.BatchRecommend(
+        ranking_pb2.BatchRecommendRequest(user_ids=["user-1", "nobody", "user-2"], k=3), timeout=10
+    )
+    assert [r.user_id for r in batch.results] == ["user-1", "nobody", "user-2"]
+    assert [r.fallback for r in batch.results] == [False, True, False]
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SimilarItems(ranking_pb2.SimilarItemsRequest(item_id="no-such-item", k=3), timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as error:
+        stub.BatchRecommend(ranking_pb2.BatchRecommendRequest(k=3), timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.value.details() or "").startswith("user_ids")
