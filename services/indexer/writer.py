@@ -196,6 +196,7 @@ class IndexWriter:
                 "model_version": user.model_version,
                 "seen_item_ids": list(user.seen_item_ids),
                 "recent_item_ids": list(user.recent_item_ids),
+                "recent_event_types": list(user.recent_event_types),
                 "event_timestamp": user.event_timestamp,
             },
         )

@@ -33,6 +33,8 @@ from services.inference.model_state import ServingModel
 from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
+# Recent interactions sent with a user vector: explanations and re-encoding in ranking.
+RECENT = 50
 
 BATCH_SIZE = Histogram(
     "recsys_inference_batch_size",
@@ -199,7 +201,8 @@ class InferenceService:
                     user_id=sequence.user_id,
                     vector=encode_vector(vector),
                     model_version=model.version,
-                    recent_item_ids=[e.item_id for e in sequence.entries[-10:]],
+                    recent_item_ids=[e.item_id for e in sequence.entries[-RECENT:]],
+                    recent_event_types=[e.event_type for e in sequence.entries[-RECENT:]],
                     seen_item_ids=sequence.seen_item_ids,
                     event_timestamp=sequence.last_event_timestamp,
                 )

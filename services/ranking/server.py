@@ -32,6 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram
 
+from recsys.events import EVENT_TYPES
 from recsys.logs import correlation_id
 from recsys.v1 import ranking_pb2, ranking_pb2_grpc
 from recsys.vectorstore.base import CollectionNotFound, VectorRecord, VectorStore
@@ -82,6 +83,10 @@ FALLBACKS = Counter(
     "recsys_ranking_fallbacks_total",
     "Recommend answers from the popularity fallback, by cause",
     ["cause"],
+)
+REENCODED = Counter(
+    "recsys_ranking_reencoded_users_total",
+    "users re-encoded through Embed because their stored vector is from another model",
 )
 MODEL_SERVING = Gauge(
     "recsys_ranking_model_serving", "1 while a model version serves (the items alias exists)"
@@ -167,6 +172,17 @@ class UserState:
     model_version: str
     seen_item_ids: frozenset[str]
     recent_item_ids: tuple[str, ...] = ()
+    recent_event_types: tuple[str, ...] = ()
+
+    def recent_events(self) -> list[requests.SessionEvent]:
+        """The recent interactions as Embed input (views where a type is not known)."""
+        types = self.recent_event_types
+        if len(types) != len(self.recent_item_ids):
+            types = ("view",) * len(self.recent_item_ids)
+        return [
+            requests.SessionEvent(item_id, event_type if event_type in EVENT_TYPES else "view")
+            for item_id, event_type in zip(self.recent_item_ids, types, strict=True)
+        ]
 
 
 def _ids(value: Any) -> tuple[str, ...]:
@@ -185,6 +201,7 @@ def _user_state(record: VectorRecord) -> UserState:
         model_version="" if version is None else str(version),
         seen_item_ids=frozenset(_ids(payload.get("seen_item_ids"))),
         recent_item_ids=_ids(payload.get("recent_item_ids")),
+        recent_event_types=_ids(payload.get("recent_event_types")),
     )
 
 
@@ -530,20 +547,39 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
         exclude = options.exclude_item_ids | (
             user.seen_item_ids if options.exclude_seen else frozenset()
         )
-        if user.model_version != version or user.vector.size == 0:
-            reason = (
-                f"user vector is from model version {user.model_version or '(none)'}, "
-                f"serving {version}: most popular items not yet seen"
-            )
-            return await self._popular(version, options, exclude, "version_mismatch", reason)
+        vector = user.vector
+        if user.model_version != version or vector.size == 0:
+            # A swap is under way: encode the user's recent history with the serving
+            # model rather than search one model's items with another model's vector.
+            reencoded = await self._reencode(user, version)
+            if reencoded is None:
+                reason = (
+                    f"user vector is from model version {user.model_version or '(none)'}, "
+                    f"serving {version}: most popular items not yet seen"
+                )
+                return await self._popular(version, options, exclude, "version_mismatch", reason)
+            vector = reencoded
         return await self._nearest(
             self.serving.collection(version),
             version,
-            user.vector,
+            vector,
             options,
             exclude,
             user.recent_item_ids,
         )
+
+    async def _reencode(self, user: UserState, version: str) -> np.ndarray | None:
+        events = user.recent_events()
+        if not events:
+            return None
+        try:
+            encoded = await self.embedder.embed(events)
+        except EmbedUnavailable:
+            return None
+        if encoded.model_version != version:
+            return None
+        REENCODED.inc()
+        return encoded.vector
 
     async def _nearest(
         self,

@@ -540,24 +540,29 @@ def _error_message(exc: RankingError, target: str, timeout_s: float) -> tuple[st
     from recsys.client import (
         DeadlineExceededError,
         InvalidArgumentError,
+        NotFoundError,
         UnauthenticatedError,
         UnavailableError,
     )
 
+    server = f"the ranking server at {target}"
     quoted = f" (request id {exc.request_id})" if exc.request_id else ""
+    # The server's messages name the field or item at fault: they need no prefix.
     if isinstance(exc, InvalidArgumentError):
         return exc.details, EXIT_USAGE
+    if isinstance(exc, NotFoundError):
+        return exc.details, EXIT_FAILURE
     if isinstance(exc, UnavailableError):
         # A request id means the server answered (e.g. no model yet); none, that no
         # server was reached at all.
         if exc.request_id:
-            return f"the ranking server at {target} is unavailable: {exc.details}{quoted}", 1
-        return f"the ranking server at {target} cannot be reached: {exc.details}", 1
+            return f"{server} is unavailable: {exc.details}{quoted}", EXIT_FAILURE
+        return f"{server} cannot be reached: {exc.details}", EXIT_FAILURE
     if isinstance(exc, DeadlineExceededError):
-        return f"no answer from the ranking server at {target} within {timeout_s:g}s{quoted}", 1
+        return f"no answer from {server} within {timeout_s:g}s{quoted}", EXIT_FAILURE
     if isinstance(exc, UnauthenticatedError):
         hint = f"pass --token or set {TOKEN_ENV}"
-        return f"the ranking server at {target} refused the call: {exc.details} ({hint})", 1
+        return f"{server} refused the call: {exc.details} ({hint})", EXIT_FAILURE
     return f"{exc.code.name}: {exc.details}{quoted}", EXIT_FAILURE
 
 

@@ -168,6 +168,11 @@ class UserVector(_VectorEvent):
 
     user_id: Identifier
     recent_item_ids: list[Identifier] = Field(default_factory=list)
+    recent_event_types: list[EventType] = Field(
+        default_factory=list,
+        description="event type of each recent item; lets ranking re-encode the user "
+        "through Embed while a new model's vectors are not written yet",
+    )
     seen_item_ids: list[Identifier] = Field(default_factory=list)
     event_timestamp: Timestamp = Field(description="timestamp of the newest event it reflects")
 

@@ -668,6 +668,32 @@ async def test_session_is_encoded_by_inference_and_ranked(
                 timeout=10,
             )
             assert unknown.fallback and "known" in unknown.fallback_reason
+
+            # a user whose stored vector is from an older model is re-encoded, not dropped
+            # to popular items, while the new model's user vectors are being written
+            store.create_collection("users", model.dim)
+            store.upsert(
+                "users",
+                [
+                    VectorRecord(
+                        "stale",
+                        np.ones(model.dim, dtype=np.float32),
+                        {
+                            "model_version": "v0",
+                            "seen_item_ids": ["cooking-1", "cooking-2"],
+                            "recent_item_ids": ["cooking-1", "cooking-2"],
+                            "recent_event_types": ["view", "purchase"],
+                        },
+                    )
+                ],
+            )
+            stale = await stub.Recommend(
+                ranking_pb2.RecommendRequest(user_id="stale", k=3), timeout=10
+            )
+            assert not stale.fallback, stale.fallback_reason
+            assert stale.model_version == model.version
+            assert all(item.item_id.startswith("cooking") for item in stale.items)
+            assert {"cooking-1", "cooking-2"}.isdisjoint(ids(stale))
     finally:
         await running.stop(grace=1.0)
         embed.stop(1.0)
