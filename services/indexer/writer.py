@@ -75,7 +75,11 @@ class IndexWriter:
             settings.kafka, self._topics.model_updates, settings.group_id
         )
         self._announced: dict[str, ModelUpdate] = {}
+        # The last announcement in the log is the version to serve: a rollback is a
+        # later announcement of an older version, so order, not version number, decides.
+        self._wanted: ModelUpdate | None = None
         self.serving_version: str | None = self._current_serving()
+        self._previous_serving: str | None = None
 
     def _current_serving(self) -> str | None:
         alias = self._settings.items_alias
@@ -124,12 +128,10 @@ class IndexWriter:
         return batch
 
     def _announce(self, update: ModelUpdate) -> None:
+        # Collections are created when item vectors arrive, not here: announcements are
+        # replayed at every start and must not resurrect dropped versions.
         self._announced[update.version] = update
-        # Announcements are replayed at every start: never resurrect a dropped version.
-        if version_order(update.version) > version_order(self.serving_version or ""):
-            self._store.create_collection(
-                items_collection(update.version), update.vector_size, KEYWORD_FIELDS
-            )
+        self._wanted = update
 
     def _write(self, batch: _Batch) -> None:
         for version, items in batch.items.items():
@@ -202,37 +204,44 @@ class IndexWriter:
         )
 
     def _promote_complete_versions(self) -> None:
-        current = version_order(self.serving_version) if self.serving_version else -1
-        candidates = sorted(
-            (u for u in self._announced.values() if version_order(u.version) > current),
-            key=lambda u: version_order(u.version),
-            reverse=True,
-        )
-        for update in candidates:
-            collection = items_collection(update.version)
-            if self._store.count(collection) < update.item_count:
-                continue
-            self._store.optimize(collection)
-            self._store.set_alias(self._settings.items_alias, collection)
-            self.serving_version = update.version
-            SERVING.set(version_order(update.version))
-            log.info(
-                "items alias switched",
-                extra={"version": update.version, "items": update.item_count},
-            )
-            self._drop_old_versions()
+        """Flip the alias to the last announced version once its collection is complete."""
+        update = self._wanted
+        if update is None or update.version == self.serving_version:
             return
+        collection = items_collection(update.version)
+        if not self._store.collection_exists(collection):
+            return
+        if self._store.count(collection) < update.item_count:
+            return
+        self._store.optimize(collection)
+        self._store.set_alias(self._settings.items_alias, collection)
+        self._previous_serving, self.serving_version = self.serving_version, update.version
+        SERVING.set(version_order(update.version))
+        log.info(
+            "items alias switched",
+            extra={
+                "version": update.version,
+                "previous": self._previous_serving,
+                "items": update.item_count,
+            },
+        )
+        self._drop_old_versions()
 
     def _drop_old_versions(self) -> None:
-        versions = sorted(
-            (c for c in self._store.list_collections() if c.startswith(ITEM_PREFIX)),
-            key=lambda c: version_order(c.removeprefix(ITEM_PREFIX)),
-        )
-        serving = version_order(self.serving_version or "")
-        older = [c for c in versions if version_order(c.removeprefix(ITEM_PREFIX)) <= serving]
-        for collection in older[: -self._settings.keep_versions]:
-            self._store.drop_collection(collection)
-            log.info("dropped old item collection", extra={"collection": collection})
+        """Keep the serving collection, the one it replaced (for a quick rollback) and any
+        newer one still filling; drop the rest beyond ``keep_versions``."""
+        keep = [self.serving_version, self._previous_serving][: self._settings.keep_versions]
+        filling = self._wanted.version if self._wanted is not None else None
+        protected = {items_collection(v) for v in (*keep, filling) if v}
+        for collection in self._store.list_collections():
+            if collection.startswith(ITEM_PREFIX) and collection not in protected:
+                version = collection.removeprefix(ITEM_PREFIX)
+                if self._announced.get(version) is None and version_order(version) > version_order(
+                    self.serving_version or ""
+                ):
+                    continue  # vectors of a version not announced yet: still arriving
+                self._store.drop_collection(collection)
+                log.info("dropped old item collection", extra={"collection": collection})
 
     def close(self) -> None:
         self._vectors.close()

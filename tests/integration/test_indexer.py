@@ -402,3 +402,37 @@ def test_user_vector_without_a_vector_is_dead_lettered(
         reader.wait_until(lambda ms: len(ms) >= 1, DEADLINE_S, "dead letter")
     finally:
         reader.close()
+
+
+def test_a_later_announcement_of_an_older_version_rolls_back(
+    writers: Writers, store: EdgeVectorStore, publisher: Publisher
+) -> None:
+    """The last announcement wins, not the highest version number (rollback)."""
+    writer = writers.open(group_id="rollback-test", keep_versions=2)
+    for version, count in (("v1", 6), ("v2", 8)):
+        publisher.items(version, range(count))
+        publisher.announce(version, count)
+        publisher.flush()
+        run_until(writer, lambda v=version: writer.serving_version == v, f"{version} served")
+
+    publisher.announce("v1", 6)  # v1's collection is still kept: the flip is immediate
+    publisher.flush()
+    run_until(writer, lambda: store.resolve("items") == "items_v1", "rolled back to v1")
+    assert store.count("items") == 6
+
+    # with v1 dropped, a rollback re-publishes its vectors before announcing it
+    publisher.announce("v2", 8)
+    publisher.flush()
+    run_until(writer, lambda: store.resolve("items") == "items_v2", "forward to v2 again")
+    store.drop_collection("items_v1")
+    publisher.items("v1", range(6))
+    publisher.announce("v1", 6)
+    publisher.flush()
+    run_until(writer, lambda: store.resolve("items") == "items_v1", "v1 rebuilt and served")
+
+    # a restarted indexer replays every announcement and keeps serving the last one
+    writers.close(writer)
+    restarted = writers.open(group_id="rollback-test", keep_versions=2)
+    for _ in range(5):
+        restarted.run_once()
+    assert restarted.serving_version == "v1" and store.resolve("items") == "items_v1"
