@@ -413,7 +413,8 @@ def test_a_later_announcement_of_an_older_version_rolls_back(
         publisher.items(version, range(count))
         publisher.announce(version, count)
         publisher.flush()
-        run_until(writer, lambda v=version: writer.serving_version == v, f"{version} served")
+        served = version
+        run_until(writer, lambda: writer.serving_version == served, f"{version} served")
 
     publisher.announce("v1", 6)  # v1's collection is still kept: the flip is immediate
     publisher.flush()
