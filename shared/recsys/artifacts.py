@@ -11,12 +11,19 @@ Layout (one immutable folder per version; only ONNX, ``.npy`` and JSON, never pi
             item_ids.json        ["id", ...], row order of item_vectors.npy
             item_payloads.json   [{...}, ...], same order
             popularity.json      {"item_ids": [most popular first], "counts": [...]}
+            model.safetensors    optional: the torch weights, for warm-starting the next version
         v2/ ...
         .draft-<uuid>/           a version being written (never read)
 
 A version becomes visible only by one ``rename`` of its complete draft folder, so readers
 never see a half-written version. The version number is taken at commit time and the
 rename fails if another trainer took it first, in which case the next number is used.
+
+Lifecycle: a version is committed as a ``candidate``, then ``promoted`` (announced on
+``model-updates``: serve it) or ``rejected`` (kept, never announced by the trainer), with
+the reason and the gate's figures in its manifest. The manifest is the only file that
+changes after the commit, and it is not checksummed. The *serving* version is the promoted
+one promoted most recently, matching the topic's rule that the last announcement wins.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ ITEM_VECTORS_FILE = "item_vectors.npy"
 ITEM_IDS_FILE = "item_ids.json"
 ITEM_PAYLOADS_FILE = "item_payloads.json"
 POPULARITY_FILE = "popularity.json"
+WEIGHTS_FILE = "model.safetensors"  # optional; versions before warm start have none
 REQUIRED_FILES = (
     USER_ENCODER_FILE,
     ITEM_ENCODER_FILE,
@@ -82,6 +90,20 @@ class DataRange(BaseModel):
     items: int = Field(0, ge=0, description="distinct items with at least one interaction")
 
 
+class GateRecord(BaseModel):
+    """The promotion gate's figures: both models on one validation split of one snapshot."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    metric: str = "valid_masked_ndcg@10"
+    candidate: float
+    serving: float | None = Field(None, description="None when nothing was serving")
+    serving_version: str | None = None
+    tolerance: float = Field(ge=0)
+    users: int = Field(0, ge=0, description="users evaluated")
+    decided_at: float
+
+
 class Manifest(BaseModel):
     """Describes one version; ``files`` maps every file name to its sha256 hex digest."""
 
@@ -98,11 +120,22 @@ class Manifest(BaseModel):
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     data_range: DataRange = Field(default_factory=DataRange)
     files: dict[str, str] = Field(default_factory=dict)
+    # Manifests written before the gate existed have none of the fields below; they were
+    # all served, hence the defaults.
     status: Status = "promoted"
+    status_reason: str = ""
+    status_changed_at: float | None = None
+    promoted_at: float | None = Field(None, description="when it was last announced")
+    gate: GateRecord | None = None
 
     @property
     def number(self) -> int:
         return version_number(self.version)
+
+    @property
+    def serving_order(self) -> tuple[float, int]:
+        """Later promotion sorts later; old manifests count as promoted when created."""
+        return (self.promoted_at or self.created_at, self.number)
 
 
 def version_number(version: str) -> int:
@@ -189,19 +222,28 @@ class ArtifactStore:
         return manifests
 
     def latest(self, status: Status | None = "promoted") -> Manifest | None:
-        """The newest version with ``status`` (the one to serve), or of any status if None."""
+        """The highest-numbered version with ``status``, or of any status if None."""
         for manifest in reversed(self.list_versions()):
             if status is None or manifest.status == status:
                 return manifest
         return None
 
+    def serving(self, manifests: Sequence[Manifest] | None = None) -> Manifest | None:
+        """The version to serve: the promoted one promoted (announced) most recently.
+
+        Not simply the newest promoted: a rollback re-announces an older version.
+        """
+        candidates = self.list_versions() if manifests is None else manifests
+        promoted = [m for m in candidates if m.status == "promoted"]
+        return max(promoted, key=lambda m: m.serving_order, default=None)
+
     def load(self, version: str | None = None) -> LoadedVersion:
-        """Open a version (default: latest promoted) after verifying every file's sha256."""
+        """Open a version (default: the serving one) after verifying every file's sha256."""
         if version is None:
-            newest = self.latest()
-            if newest is None:
+            serving = self.serving()
+            if serving is None:
                 raise VersionNotFoundError(f"{self.model_name} has no promoted version")
-            version = newest.version
+            version = serving.version
         manifest = self.manifest(version)
         folder = self.path(version)
         missing = [name for name in REQUIRED_FILES if name not in manifest.files]
@@ -219,10 +261,34 @@ class ArtifactStore:
                 )
         return LoadedVersion(manifest, folder)
 
-    def set_status(self, version: str, status: Status) -> Manifest:
-        """Promote or reject a version; only the manifest changes (it is not checksummed)."""
-        manifest = self.manifest(version).model_copy(update={"status": status})
+    def set_status(
+        self,
+        version: str,
+        status: Status,
+        reason: str = "",
+        gate: GateRecord | None = None,
+    ) -> Manifest:
+        """Record a lifecycle step; only the manifest changes (it is not checksummed).
+
+        Promoting stamps ``promoted_at``, which makes the version the serving one; ``gate``
+        replaces the recorded gate figures when given, otherwise they are kept.
+        """
+        now = time.time()
+        update: dict[str, Any] = {
+            "status": status,
+            "status_reason": reason,
+            "status_changed_at": now,
+        }
+        if status == "promoted":
+            update["promoted_at"] = now
+        if gate is not None:
+            update["gate"] = gate
+        manifest = self.manifest(version).model_copy(update=update)
         _write_json_atomic(self.path(version) / MANIFEST_FILE, manifest.model_dump(mode="json"))
+        log.info(
+            "version status set",
+            extra={"model": self.model_name, "version": version, "status": status, "reason": reason},
+        )
         return manifest
 
     def remove_stale_drafts(self, older_than_s: float = 3600.0) -> int:
@@ -287,6 +353,15 @@ class VersionDraft:
         self.write_json(
             POPULARITY_FILE, {"item_ids": list(item_ids), "counts": [int(c) for c in counts]}
         )
+
+    def write_weights(
+        self, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+    ) -> None:
+        """The model's weights as safetensors (plain tensors and string metadata, no code)."""
+        from safetensors.numpy import save_file
+
+        arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+        save_file(arrays, self.path / WEIGHTS_FILE, dict(metadata or {}))
 
     def write_json(self, name: str, obj: Any) -> None:
         with open(self.path / name, "w", encoding="utf-8") as fh:
@@ -409,3 +484,15 @@ class LoadedVersion:
     @cached_property
     def popularity(self) -> Popularity:
         return Popularity.model_validate_json((self.path / POPULARITY_FILE).read_bytes())
+
+    @property
+    def has_weights(self) -> bool:
+        return WEIGHTS_FILE in self.manifest.files
+
+    def weights(self) -> dict[str, np.ndarray] | None:
+        """The saved torch weights by parameter name, or None if the version has none."""
+        if not self.has_weights:
+            return None
+        from safetensors.numpy import load_file
+
+        return load_file(self.path / WEIGHTS_FILE)

@@ -199,7 +199,11 @@ class ItemVector(_VectorEvent):
 
 
 class ModelUpdate(_Event):
-    """Topic ``model-updates``, key the model name: a new version is ready to serve."""
+    """Topic ``model-updates``, key the model name: serve this version now.
+
+    The last announcement in the topic wins, not the highest version: a rollback is a
+    later announcement of an older version (whose item vectors are published again first).
+    """
 
     event_id: Identifier
     model_name: Identifier
@@ -209,6 +213,21 @@ class ModelUpdate(_Event):
     vector_size: int = Field(ge=1)
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: Timestamp
+    announced_at: Timestamp | None = Field(None, description="when this announcement was made")
+    reason: str | None = Field(
+        None, max_length=200, description="why: trained (passed the gate), promote, rollback"
+    )
+
+
+class TrainRequest(_Event):
+    """Topic ``trainer-commands``: asks the trainer for a training run now (``recsys train``).
+
+    Requests that arrive while a run is in progress are merged into one pending run.
+    """
+
+    event_id: Identifier
+    requested_at: Timestamp
+    reason: str = Field("", max_length=1_000, description="free text for the trainer's log")
 
 
 class DeadLetter(_Event):

@@ -18,6 +18,7 @@ USER_VECTORS = "user-vectors"
 ITEM_VECTORS = "item-vectors"
 MODEL_UPDATES = "model-updates"
 DEAD_LETTER = "dead-letter"
+TRAINER_COMMANDS = "trainer-commands"
 
 # Topics keyed by an entity whose latest value is all that matters.
 COMPACTED = frozenset({USER_SEQUENCES, USER_VECTORS, ITEM_VECTORS})
@@ -29,12 +30,15 @@ ALL_TOPICS = (
     ITEM_VECTORS,
     MODEL_UPDATES,
     DEAD_LETTER,
+    TRAINER_COMMANDS,
 )
-# One partition keeps model announcements totally ordered.
-SINGLE_PARTITION = frozenset({MODEL_UPDATES})
+# One partition keeps model announcements totally ordered; one trainer reads commands.
+SINGLE_PARTITION = frozenset({MODEL_UPDATES, TRAINER_COMMANDS})
 # Replayed from the beginning by the trainer, inference and the indexer: kept forever
 # (with tiered storage in production) rather than for the broker's default 7 days.
 KEEP_FOREVER = frozenset({INTERACTIONS, ITEMS, MODEL_UPDATES})
+# Requests to act now: stale after a day, so a long-stopped trainer does not replay them.
+SHORT_RETENTION_MS = {TRAINER_COMMANDS: 24 * 3600 * 1000}
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ class Topics:
     def dead_letter(self) -> str:
         return self.name(DEAD_LETTER)
 
+    @property
+    def trainer_commands(self) -> str:
+        return self.name(TRAINER_COMMANDS)
+
     @classmethod
     def from_settings(cls, settings: KafkaSettings) -> Topics:
         return cls(settings.topic_prefix)
@@ -92,6 +100,8 @@ def create_topics(settings: KafkaSettings, timeout_s: float = 30.0) -> list[str]
         config = {"cleanup.policy": "compact"} if base in COMPACTED else {}
         if base in KEEP_FOREVER:
             config["retention.ms"] = "-1"
+        if base in SHORT_RETENTION_MS:
+            config["retention.ms"] = str(SHORT_RETENTION_MS[base])
         partitions = 1 if base in SINGLE_PARTITION else settings.partitions
         wanted.append(NewTopic(name, partitions, settings.replication_factor, config=config))
     if not wanted:

@@ -33,7 +33,8 @@ USERS = 30
 def _vectors(seed: int, n: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     v = rng.normal(size=(n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    unit: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return unit
 
 
 def _publish_version(store: EdgeVectorStore, root: Path, version: str, seed: int) -> None:

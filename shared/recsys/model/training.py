@@ -18,7 +18,7 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -236,8 +236,12 @@ def train(
     device: torch.device | None = None,
     progress: bool = True,
     desc: str = "train",
+    init: Callable[[ContrastiveRecommender], None] | None = None,
 ) -> TrainResult:
-    """Fit the model with early stopping on validation masked NDCG@10; deterministic per seed."""
+    """Fit the model with early stopping on validation masked NDCG@10; deterministic per seed.
+
+    ``init`` may overwrite the fresh weights before the first step (warm start).
+    """
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -248,7 +252,10 @@ def train(
     counts = data.train_counts()
     known = torch.from_numpy(counts > 0)
     text = torch.from_numpy(np.asarray(text_vectors, dtype=np.float32)) if config.use_text else None
-    model = ContrastiveRecommender(config, split.n_items, text, known).to(device)
+    model = ContrastiveRecommender(config, split.n_items, text, known)
+    if init is not None:
+        init(model)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )

@@ -22,6 +22,7 @@ from recsys.events import (
     ItemEvent,
     ItemVector,
     ModelUpdate,
+    TrainRequest,
     UserSequence,
     UserVector,
 )
@@ -36,6 +37,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     ItemVector,
     ModelUpdate,
     DeadLetter,
+    TrainRequest,
 )
 
 _NOT_BLANK = {"type": "string", "pattern": "\\S"}
