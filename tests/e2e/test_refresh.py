@@ -1,0 +1,137 @@
+"""Model refresh and rollback under continuous traffic, and cold-start items, on the
+whole stack (the same code as ``bench/refresh.py``, on a small catalogue)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from recsys.devstack.demo import personalised_ready
+from recsys.devstack.refresh import (
+    Announcements,
+    Traffic,
+    cold_item_seconds,
+    majority_shares_a_category,
+    swap_report,
+)
+from recsys.devstack.stack import LocalStack, StackConfig
+from recsys.devstack.supervisor import Supervisor
+from recsys.events import InteractionEvent, ItemEvent
+from recsys.publish import publish_events
+from recsys.v1 import ranking_pb2_grpc
+from tests.e2e.test_stack import GENRES, catalogue, history
+
+pytestmark = pytest.mark.e2e
+
+USERS = [f"user-{u}" for u in range(24)]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    work: Path = tmp_path_factory.mktemp("refresh")
+    output = io.StringIO()
+    config = StackConfig(
+        workdir=work,
+        trainer_min_interactions=100,
+        trainer_quiet_seconds=1.0,
+        extra_env={
+            "RECSYS_TRAINER_RETRAIN_THRESHOLD": "40",
+            # this test is about the swap, not the gate: accept any retrained model
+            "RECSYS_TRAINER_GATE_TOLERANCE": "1.0",
+        },
+    )
+    with LocalStack(config, Supervisor(out=output, colour=False)) as running:
+        try:
+            publish_events(running.kafka, catalogue(), history(), progress=False)
+            with grpc.insecure_channel(running.ranking_address) as channel:
+                stub = ranking_pb2_grpc.RankingServiceStub(channel)  # type: ignore[no-untyped-call]
+                running.wait_for(lambda: personalised_ready(stub, USERS[:2]), 300, "v1 serving")
+            yield running
+        finally:
+            (work / "stack.log").write_text(output.getvalue())
+
+
+def _more_interactions() -> list[InteractionEvent]:
+    """Each user views the three items of its genre it has not seen: a retrain's worth."""
+    events = []
+    genres = list(GENRES)
+    for u in range(24):
+        genre = genres[u % len(genres)]
+        for step in range(2):
+            events.append(
+                InteractionEvent(
+                    event_id=f"more-{u}-{step}",
+                    user_id=f"user-{u}",
+                    item_id=f"{genre}-{(u + 5 + step) % 8}",
+                    event_type="view",
+                    timestamp=2_000.0 + u * 10 + step,
+                )
+            )
+    return events
+
+
+def _rollback(stack: LocalStack) -> None:
+    env = {**os.environ, **stack.service_env("trainer")}
+    result = subprocess.run(
+        [sys.executable, "-m", "recsys.cli", "models", "rollback"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_refresh_and_rollback_fail_no_call_and_never_mix_versions(stack: LocalStack) -> None:
+    announcements = Announcements(stack.kafka)
+    try:
+        assert [v for _, v in announcements.wait_for(1, 30)] == ["v1"]
+        with Traffic(stack.ranking_address, USERS, clients=3) as traffic:
+            publish_events(stack.kafka, [], _more_interactions(), progress=False)
+            announcements.wait_for(2, 300)
+            stack.wait_for(
+                lambda: any(c.model_version == "v2" for c in traffic.calls()), 120, "v2 served"
+            )
+            _rollback(stack)
+            announcements.wait_for(3, 60)
+            rolled_back_at = announcements.seen[2][0]
+            stack.wait_for(
+                lambda: any(
+                    c.model_version == "v1" and c.ended > rolled_back_at for c in traffic.calls()
+                ),
+                120,
+                "v1 served again",
+            )
+            calls = traffic.stop()
+        report = swap_report(calls, announcements.seen)
+    finally:
+        announcements.close()
+    assert [v for _, v in announcements.seen] == ["v1", "v2", "v1"]
+    assert report.calls > 50
+    assert report.failed_calls == 0, report.failures
+    assert report.version_regressions == 0
+    assert [s["version"] for s in report.swaps] == ["v2", "v1"]
+
+
+def test_new_text_only_items_are_similar_to_their_genre(stack: LocalStack) -> None:
+    new_items = [
+        ItemEvent(
+            event_id=f"cold-{genre}",
+            item_id=f"cold-{genre}",
+            timestamp=3_000.0,
+            title=f"Brand new {genre} story: {words[0]} and {words[3]}",
+            categories=[genre],
+        )
+        for genre, words in GENRES.items()
+    ]
+    seconds = cold_item_seconds(
+        stack.kafka, stack.ranking_address, new_items, majority_shares_a_category, timeout_s=60
+    )
+    assert len(seconds) == len(new_items)
