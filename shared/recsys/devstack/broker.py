@@ -76,6 +76,15 @@ class LocalBroker:
             raise
         return self
 
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): clients see a broker that stopped answering."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
     def stop(self, timeout_s: float = 10.0) -> None:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:

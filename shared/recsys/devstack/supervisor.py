@@ -66,6 +66,7 @@ class Supervisor:
         self._keep = keep_lines
         self._lock = threading.Lock()
         self.children: list[Child] = []
+        self._killed: dict[str, Child] = {}
         self.stopping = False
 
     def start(self, name: str, args: list[str], env: Mapping[str, str]) -> Child:
@@ -106,6 +107,33 @@ class Supervisor:
     def failed(self) -> list[Child]:
         """Children that exited while the stack was meant to run."""
         return [c for c in self.children if c.process and c.process.poll() is not None]
+
+    def child(self, name: str) -> Child:
+        """The newest child started under ``name``."""
+        for child in reversed(self.children):
+            if child.name == name:
+                return child
+        raise KeyError(name)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a child's process group and wait for it (fault injection)."""
+        child = self.child(name)
+        assert child.process is not None
+        _signal_group(child.process, sig)
+        child.process.wait()
+        # a killed child is not a failure of the stack: it is not watched any more
+        self.children.remove(child)
+        self._killed[name] = child
+
+    def restart(self, name: str) -> Child:
+        """Start a stopped or killed child again with the same command and environment."""
+        old = next((c for c in self.children if c.name == name), None)
+        if old is not None and old.process is not None and old.process.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        template = old or self._killed[name]
+        if old is not None:
+            self.children.remove(old)
+        return self.start(name, template.args, template.env)
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every child (newest first), then SIGKILL what is left after the timeout."""
