@@ -11,13 +11,14 @@ import asyncio
 import logging
 import os
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from confluent_kafka import KafkaError, KafkaException, Message
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from recsys.events import InteractionEvent, InvalidEvent, parse_event
 from recsys.kafka import build_dead_letter, letter_key, make_producer, produce
@@ -35,6 +36,16 @@ from services.feature.settings import FeatureSettings
 log = logging.getLogger(__name__)
 
 EVENTS = Counter("recsys_feature_events_total", "Interaction messages by outcome", ["outcome"])
+BATCH_SECONDS = Histogram(
+    "recsys_feature_batch_seconds",
+    "Time to apply one batch of interactions (table writes and delivered sequences)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+BATCH_EVENTS = Histogram(
+    "recsys_feature_batch_events",
+    "Interaction messages per applied batch",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
 DEAD_LETTERS = Counter("recsys_dead_letters_total", "Messages dead-lettered", ["source", "kind"])
 
 
@@ -183,7 +194,10 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
             settings.batch_size, within=settings.batch_wait_ms / 1000
         ):
             try:
+                started = time.perf_counter()
                 await apply_batch(events)
+                BATCH_SECONDS.observe(time.perf_counter() - started)
+                BATCH_EVENTS.observe(len(events))
             except Exception:
                 # Crash-only: a live process that stopped consuming would hide the failure.
                 # Exiting skips the offset commit, so the restart replays the batch and

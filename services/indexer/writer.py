@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, Message, Producer
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 WRITES = Counter("recsys_indexer_writes_total", "Records written", ["kind"])
 BATCH_SECONDS = Histogram("recsys_indexer_batch_seconds", "Time to write one batch")
 SERVING = Gauge("recsys_indexer_serving_version", "Version behind the items alias")
+FRESHNESS = Histogram(
+    "recsys_indexer_freshness_seconds",
+    "Event time of the newest interaction a user vector reflects to the vector being indexed",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
 
 ITEM_PREFIX = "items_"
 KEYWORD_FIELDS = ("categories",)
@@ -153,6 +159,11 @@ class IndexWriter:
             self._prepare_users_collection(users)
             records = [(self._user_record(u), m) for u, m in users]
             WRITES.labels("user").inc(self._upsert(name, records))
+            now = time.time()
+            for user, _ in users:
+                # replays and re-encodes of old events are not freshness; skip beyond a day
+                if 0 <= now - user.event_timestamp < 86_400:
+                    FRESHNESS.observe(now - user.event_timestamp)
 
     def _prepare_users_collection(self, users: list[tuple[UserVector, Message]]) -> None:
         """Create ``users``, or recreate it when a newer model changed the vector size."""
