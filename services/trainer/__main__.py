@@ -1,16 +1,18 @@
 """Entry point: ``python -m services.trainer``.
 
-Replays ``interactions`` and ``items`` into memory, trains in a worker thread when the
-policy says so (the consumer keeps polling meanwhile), then announces the new version.
+Replays ``interactions`` and ``items`` into memory and listens on ``trainer-commands``;
+trains in a worker thread when the policy says so or a ``recsys train`` request arrives
+(the consumer keeps polling meanwhile), puts the candidate through the gate, then
+announces it or rejects it (``loop.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
-from prometheus_client import Counter, Histogram
+from confluent_kafka import KafkaException
 
 from recsys.artifacts import ArtifactStore
 from recsys.kafka import make_consumer, make_producer, usable, wait_for_broker
@@ -19,18 +21,12 @@ from recsys.logs import setup_logging
 from recsys.model.text_encoder import EmbeddingCache
 from recsys.observability import start_health
 from recsys.topics import Topics
-from services.trainer.data import EventLog
-from services.trainer.pipeline import TrainedVersion, train_version
-from services.trainer.publisher import announce
+from services.trainer.loop import RunResult, TrainerLoop, train_and_gate
 from services.trainer.schedule import RetrainPolicy
 from services.trainer.settings import TrainerSettings
+from services.trainer.versions import apply_decision
 
 log = logging.getLogger("services.trainer")
-
-RUNS = Counter("recsys_trainer_runs_total", "Training runs", ["outcome"])
-RUN_SECONDS = Histogram(
-    "recsys_trainer_run_seconds", "Training run time", buckets=(5, 15, 30, 60, 120, 300, 600)
-)
 
 
 def main() -> None:
@@ -50,68 +46,51 @@ def main() -> None:
     )
     producer = make_producer(settings.kafka)
     consumer = make_consumer(settings.kafka, settings.group_id)
-    consumer.subscribe([topics.interactions, topics.items])
-    event_log = EventLog(topics)
+    consumer.subscribe([topics.interactions, topics.items, topics.trainer_commands])
+    job = functools.partial(
+        train_and_gate,
+        store=artifacts,
+        model=settings.model,
+        tolerance=settings.gate_tolerance,
+        warm_start=settings.warm_start,
+        cache=cache,
+    )
+
+    def finish(result: RunResult) -> str:
+        return apply_decision(artifacts, producer, topics, result.trained, result.decision)
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
-    running: Future[TrainedVersion] | None = None
-    run_started = 0.0
-    new_since_last = 0
-    last_input_at = time.time()
-    latest = artifacts.latest()
-    last_trained_at: float | None = latest.created_at if latest else None
-    log.info("trainer started", extra={"latest": latest.version if latest else None})
+    newest = artifacts.latest(status=None)  # a rejected run still counts as a run
+    serving = artifacts.serving()
+    loop = TrainerLoop(
+        topics,
+        policy,
+        job,
+        finish,
+        executor,
+        last_trained_at=newest.created_at if newest else None,
+    )
+    log.info(
+        "trainer started",
+        extra={
+            "serving": serving.version if serving else None,
+            "newest": newest.version if newest else None,
+            "gate_tolerance": settings.gate_tolerance,
+            "warm_start": settings.warm_start,
+        },
+    )
     try:
         while not stop.is_set():
-            messages = usable(consumer.consume(1_000, 0.2))
-            for message in messages:
-                new_since_last += event_log.add(message)
-            if messages:
-                last_input_at = time.time()
-
-            if running is not None and running.done():
+            loop.handle(usable(consumer.consume(1_000, 0.2)))
+            loop.step()
+            offsets = loop.committable()
+            if offsets:
+                # Only trainer-commands offsets are ever committed: the data topics are
+                # replayed whole at every start.
                 try:
-                    trained = running.result()
-                    update = announce(producer, topics, trained)
-                    RUNS.labels("announced").inc()
-                    log.info(
-                        "model announced",
-                        extra={
-                            "version": update.version,
-                            "items": update.item_count,
-                            "metrics": update.metrics,
-                        },
-                    )
-                except Exception:
-                    RUNS.labels("failed").inc()
-                    log.exception("training run failed")
-                RUN_SECONDS.observe(time.monotonic() - run_started)
-                running = None
-
-            if running is None:
-                reason = policy.reason(
-                    now=time.time(),
-                    total=len(event_log.interactions),
-                    new_since_last=new_since_last,
-                    last_input_at=last_input_at,
-                    last_trained_at=last_trained_at,
-                )
-                if reason is not None:
-                    interactions, items = event_log.snapshot()
-                    log.info(
-                        "training started",
-                        extra={
-                            "reason": reason,
-                            "interactions": len(interactions),
-                            "items": len(items),
-                        },
-                    )
-                    run_started = time.monotonic()
-                    running = executor.submit(
-                        train_version, interactions, items, artifacts, settings.model, cache
-                    )
-                    new_since_last = 0
-                    last_trained_at = time.time()
+                    consumer.commit(offsets=offsets, asynchronous=False)
+                except KafkaException as exc:
+                    log.warning("request offsets not committed", extra={"error": str(exc)})
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
         consumer.close()

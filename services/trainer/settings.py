@@ -27,6 +27,17 @@ class TrainerSettings(BaseSettings):
     interval_seconds: float = Field(
         0, ge=0, description="retrain this often when anything new arrived (0 = off)"
     )
+    gate_tolerance: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="promote a new version unless its validation masked NDCG@10 is below the "
+        "serving version's by more than this (absolute)",
+    )
+    warm_start: bool = Field(
+        True, description="start from the serving version's weights when they fit"
+    )
     text_cache_dir: Path | None = Field(
         None, description="item-text embedding cache; default <artifacts root>/text-cache"
     )

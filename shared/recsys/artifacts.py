@@ -287,7 +287,12 @@ class ArtifactStore:
         _write_json_atomic(self.path(version) / MANIFEST_FILE, manifest.model_dump(mode="json"))
         log.info(
             "version status set",
-            extra={"model": self.model_name, "version": version, "status": status, "reason": reason},
+            extra={
+                "model": self.model_name,
+                "version": version,
+                "status": status,
+                "reason": reason,
+            },
         )
         return manifest
 

@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from confluent_kafka import Producer
+
+    from recsys.artifacts import ArtifactStore, Manifest
     from recsys.client import Diversity, ItemFilter, RankingClient, RankingError
+    from recsys.topics import Topics
     from recsys.v1.ranking_pb2 import Explanation, RecommendResponse
 
 Handler = Callable[[argparse.Namespace], int]
@@ -211,6 +215,213 @@ def _schemas_export(args: argparse.Namespace) -> int:
     for path in export_schemas(args.directory):
         print(path)
     return EXIT_OK
+
+
+# --- train and models ---------------------------------------------------------------
+
+
+@command("train", "ask the trainer for a training run now")
+def _configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reason", default="", help="a note for the trainer's log (e.g. 'catalogue reload')"
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    parser.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import time
+    import uuid
+
+    from recsys.events import TrainRequest
+    from recsys.kafka import BrokerUnavailable, make_producer, produce, wait_for_broker
+    from recsys.settings import KafkaSettings
+    from recsys.topics import Topics
+
+    settings = KafkaSettings()
+    try:
+        wait_for_broker(settings, timeout_s=args.timeout)
+    except BrokerUnavailable as exc:
+        return _fail(str(exc))
+    request = TrainRequest(
+        event_id=f"train-{uuid.uuid4().hex}", requested_at=time.time(), reason=args.reason
+    )
+    topic = Topics.from_settings(settings).trainer_commands
+    producer = make_producer(settings)
+    errors: list[str] = []
+    produce(
+        producer,
+        topic,
+        "trainer",
+        request.to_bytes(),
+        lambda error, _: errors.append(str(error)) if error else None,
+    )
+    if producer.flush(args.timeout) > 0 or errors:
+        reason = errors[0] if errors else f"not delivered within {args.timeout:g}s"
+        return _fail(f"the request to {topic} failed: {reason}")
+    print(f"requested a training run ({request.event_id}); the trainer runs it when idle")
+    return EXIT_OK
+
+
+@command("models", "model versions: list them, promote one, roll back")
+def _configure_models(parser: argparse.ArgumentParser) -> None:
+    sub = _subcommands(parser, "models commands")
+    listing = sub.add_parser("list", help="every version with its status, metrics and gate figures")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=_models_list)
+    promote = sub.add_parser(
+        "promote", help="serve VERSION now: publish its item vectors, then announce it"
+    )
+    promote.add_argument("version", metavar="VERSION", help="e.g. v3")
+    promote.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    promote.set_defaults(handler=_models_promote)
+    rollback = sub.add_parser(
+        "rollback",
+        help="serve the version that served before the current one; mark the current one rejected",
+    )
+    rollback.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    rollback.set_defaults(handler=_models_rollback)
+
+
+def _artifact_store() -> ArtifactStore:
+    from recsys.artifacts import ArtifactStore
+    from recsys.settings import ArtifactSettings
+
+    settings = ArtifactSettings()
+    return ArtifactStore(settings.root, settings.model_name)
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def version_rows(manifests: Sequence[Manifest], serving: str | None) -> list[dict[str, object]]:
+    """One JSON-ready row per version, oldest first; ``serving`` marks the one served."""
+    return [
+        {
+            "version": m.version,
+            "status": m.status,
+            "serving": m.version == serving,
+            "created_at": m.created_at,
+            "promoted_at": m.promoted_at,
+            "valid_ndcg@10": m.metrics.get("valid_masked_ndcg@10"),
+            "test_ndcg@10": m.metrics.get("test_masked_ndcg@10"),
+            "gate": m.gate.model_dump(mode="json") if m.gate else None,
+            "reason": m.status_reason,
+        }
+        for m in manifests
+    ]
+
+
+def format_versions(manifests: Sequence[Manifest], serving: str | None) -> str:
+    """An aligned table; ``*`` marks the serving version."""
+    from datetime import UTC, datetime
+
+    columns = ["", "version", "status", "created (UTC)", "valid", "test", "gate", "reason"]
+    rows = []
+    for m in manifests:
+        gate = ""
+        if m.gate is not None:
+            against = (
+                f"{_figure(m.gate.serving)} ({m.gate.serving_version})"
+                if m.gate.serving_version
+                else "none"
+            )
+            gate = f"{_figure(m.gate.candidate)} vs {against} tol {m.gate.tolerance:g}"
+        created = datetime.fromtimestamp(m.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append(
+            [
+                "*" if m.version == serving else "",
+                m.version,
+                m.status,
+                created,
+                _figure(m.metrics.get("valid_masked_ndcg@10")),
+                _figure(m.metrics.get("test_masked_ndcg@10")),
+                gate,
+                m.status_reason,
+            ]
+        )
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [columns, *rows]
+    ]
+    lines.append("valid/test: masked NDCG@10; gate: candidate vs serving on one validation split")
+    return "\n".join(lines)
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    import json
+
+    store = _artifact_store()
+    manifests = store.list_versions()
+    serving = store.serving(manifests)
+    current = serving.version if serving else None
+    if args.json:
+        print(json.dumps(version_rows(manifests, current), indent=2))
+    elif not manifests:
+        print(f"no versions of {store.model_name} under {store.root}")
+    else:
+        print(format_versions(manifests, current))
+    return EXIT_OK
+
+
+def _lifecycle(
+    args: argparse.Namespace, action: Callable[[ArtifactStore, Producer, Topics], str]
+) -> int:
+    """Run a promote/rollback ``action`` with a producer; map failures to exit codes."""
+    from confluent_kafka import KafkaException
+
+    from recsys.artifacts import ArtifactIntegrityError, VersionNotFoundError
+    from recsys.kafka import BrokerUnavailable, make_producer, wait_for_broker
+    from recsys.settings import KafkaSettings
+    from recsys.topics import Topics
+    from services.trainer.versions import NothingToRollBack
+
+    store = _artifact_store()
+    settings = KafkaSettings()
+    try:
+        wait_for_broker(settings, timeout_s=args.timeout)
+        producer = make_producer(settings)
+        print(action(store, producer, Topics.from_settings(settings)))
+    except VersionNotFoundError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except (
+        NothingToRollBack,
+        ArtifactIntegrityError,
+        BrokerUnavailable,
+        KafkaException,
+        RuntimeError,
+    ) as exc:
+        return _fail(str(exc))
+    return EXIT_OK
+
+
+def _models_promote(args: argparse.Namespace) -> int:
+    from recsys.artifacts import version_number
+
+    try:
+        version_number(args.version)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+
+    def action(store: ArtifactStore, producer: Producer, topics: Topics) -> str:
+        from services.trainer.versions import promote
+
+        update = promote(store, producer, topics, args.version)
+        return f"promoted {update.version} ({update.item_count} item vectors, then the update)"
+
+    return _lifecycle(args, action)
+
+
+def _models_rollback(args: argparse.Namespace) -> int:
+    def action(store: ArtifactStore, producer: Producer, topics: Topics) -> str:
+        from services.trainer.versions import rollback
+
+        previous, update = rollback(store, producer, topics)
+        return f"rolled back from {previous.version} (now rejected) to {update.version}"
+
+    return _lifecycle(args, action)
 
 
 # --- ranking queries (recommend, similar, popular, session) -------------------------
