@@ -56,10 +56,10 @@ METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "coverage@1
 FULL = ContrastiveConfig(time_budget_s=540.0)
 # The baseline: the same transformer code minus text, contrastive term and reward weights,
 # with its own max_len / lr / dropout chosen on validation NDCG@10 like the full model's.
-BASELINE = id_only(FULL, max_len=50, lr=3e-3, dropout=0.3)
+BASELINE = id_only(FULL, temperature=0.07, mask_history_in_loss=True)
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "full - contrastive": {"use_contrastive": False},
-    "full - text (ID + contrastive)": {"use_text": False},
+    "full + contrastive term (weight 0.1)": {"use_contrastive": True, "contrastive_weight": 0.1},
+    "full - text (ID only, full's settings)": {"use_text": False},
     "full - ID embedding (text only)": {"use_id": False},
     "full - reward weights": {"use_reward_weights": False},
     "full - ID dropout": {"id_dropout": 0.0},
