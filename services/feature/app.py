@@ -21,7 +21,14 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import Counter, Histogram
 
 from recsys.events import InteractionEvent, InvalidEvent, parse_event
-from recsys.kafka import build_dead_letter, letter_key, make_producer, produce
+from recsys.kafka import (
+    DEAD_LETTERS,
+    build_dead_letter,
+    dead_letter_kind,
+    letter_key,
+    make_producer,
+    produce,
+)
 from recsys.settings import KafkaSettings
 from recsys.topics import Topics
 from services.feature.sequence import (
@@ -46,7 +53,6 @@ BATCH_EVENTS = Histogram(
     "Interaction messages per applied batch",
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
 )
-DEAD_LETTERS = Counter("recsys_dead_letters_total", "Messages dead-lettered", ["source", "kind"])
 
 
 @dataclass
@@ -137,7 +143,7 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
             value=message.value,
         )
         await dead_letter.send(key=letter_key(message.key), value=letter.to_bytes())
-        DEAD_LETTERS.labels("interactions", reason.split(":", 1)[0][:40]).inc()
+        DEAD_LETTERS.labels("interactions", dead_letter_kind(reason)).inc()
         log.warning(
             "dead-lettered interaction",
             extra={"reason": reason, "partition": message.partition, "offset": message.offset},

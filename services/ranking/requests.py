@@ -22,7 +22,8 @@ MAX_SESSION_EVENTS = 1000
 MAX_FILTER_VALUES = 100
 MAX_CATEGORY_CHARS = 200
 MAX_RANGES = 16
-_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+# No dots: the engines read a dot as a path into nested payload, and attributes are flat.
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 # Item payload keys: the indexer stores catalogue attributes as attr_<name>.
 CATEGORIES_KEY = "categories"
 ATTRIBUTE_PREFIX = "attr_"
@@ -97,7 +98,7 @@ def item_filter(message: ranking_pb2.ItemFilter, name: str = "filter") -> Filter
         if not _ATTRIBUTE_NAME.fullmatch(entry.attribute):
             raise InvalidArgument(
                 f"{where}.attribute is {entry.attribute!r}: name an item attribute "
-                "(1-64 letters, digits, '_', '.', '-')"
+                "(1-64 letters, digits, '_' or '-')"
             )
         key = ATTRIBUTE_PREFIX + entry.attribute
         if key in ranges:

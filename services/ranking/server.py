@@ -28,6 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram
@@ -324,6 +325,11 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
         message = ""
         trailer = ((REQUEST_ID_KEY, request_id),)
         try:
+            if isinstance(request, Undecodable):
+                raise requests.InvalidArgument(
+                    f"request body is not a valid {request.message}: {request.error}; "
+                    "send a serialized message of that type"
+                )
             response = await handler(request, context, details)
             response.request_id = request_id
             context.set_trailing_metadata(trailer)
@@ -749,6 +755,40 @@ _EXPECTED_CODES = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """A request body its message type cannot parse (answered INVALID_ARGUMENT)."""
+
+    message: str
+    error: str
+
+
+def _lenient_parser(message_type: Any) -> Callable[[bytes], Any]:
+    # grpc's own deserializer failure would reach the caller as UNKNOWN with no details
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(message_type.DESCRIPTOR.full_name, str(exc) or "cannot parse")
+
+    return parse
+
+
+def add_ranking_servicer(servicer: RankingServicer, server: grpc.aio.Server) -> None:
+    """Like the generated ``add_RankingServiceServicer_to_server``, with lenient parsing."""
+    service = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient_parser(getattr(ranking_pb2, method.input_type.name)),
+            response_serializer=getattr(ranking_pb2, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 @dataclass
 class RunningServer:
     """A started ranking server; ``stop`` drains in-flight calls then ends it."""
@@ -839,7 +879,7 @@ async def serve(
             ("grpc.max_receive_message_length", settings.max_request_bytes),
         ],
     )
-    ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    add_ranking_servicer(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -14,10 +14,19 @@ smaller and faster to parse than a JSON list of floats.
 from __future__ import annotations
 
 import base64
+import math
 from typing import Annotated, Any, Literal, Self, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 EventType = Literal["view", "click", "add_to_cart", "purchase", "rating"]
 EVENT_TYPES: tuple[EventType, ...] = ("view", "click", "add_to_cart", "purchase", "rating")
@@ -56,7 +65,8 @@ class InteractionEvent(_Event):
     )
 
 
-AttributeValue = str | float | bool
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+AttributeValue = str | FiniteFloat | bool
 
 
 class ItemEvent(_Event):
@@ -110,7 +120,7 @@ class SequenceEntry(BaseModel):
     item_id: Identifier
     event_type: EventType
     timestamp: Timestamp
-    value: float | None = None
+    value: FiniteFloat | None = None
 
 
 class UserSequence(_Event):
@@ -191,6 +201,15 @@ class ItemVector(_VectorEvent):
     payload: dict[str, Any] = Field(default_factory=dict)
     deleted: bool = False
 
+    @field_validator("payload")
+    @classmethod
+    def _finite_numbers(cls, payload: dict[str, Any]) -> dict[str, Any]:
+        # JSON has no NaN/Infinity: to_bytes would turn them into null
+        for key, value in payload.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"payload[{key!r}] is {value}: use a finite number")
+        return payload
+
     @model_validator(mode="after")
     def _live_needs_vector(self) -> ItemVector:
         if not self.deleted and not self.vector:
@@ -211,7 +230,7 @@ class ModelUpdate(_Event):
     artifact_path: str = Field(min_length=1, description="folder of the version's artifact")
     item_count: int = Field(ge=0, description="item vectors published for this version")
     vector_size: int = Field(ge=1)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, FiniteFloat] = Field(default_factory=dict)
     created_at: Timestamp
     announced_at: Timestamp | None = Field(None, description="when this announcement was made")
     reason: str | None = Field(
@@ -251,6 +270,11 @@ class InvalidEvent(ValueError):
     """Raised by :func:`parse_event`; its message is the dead-letter reason."""
 
 
+def _path_part(part: str | int) -> str:
+    text = str(part)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def parse_event(model: type[E], raw: bytes | None) -> E:
     """Validate raw message bytes into ``model``; any problem raises :class:`InvalidEvent`."""
     if raw is None:
@@ -261,7 +285,8 @@ def parse_event(model: type[E], raw: bytes | None) -> E:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '$'}: {err['msg']}"
+            # repr-escape the path: a key may hold a newline, and a reason is one line
+            f"{'.'.join(_path_part(p) for p in err['loc']) or '$'}: {err['msg']}"
             for err in exc.errors(include_url=False)[:5]
         )
         raise InvalidEvent(f"invalid {model.__name__}: {problems}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import time
 import uuid
@@ -19,6 +20,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
+from prometheus_client import Counter
 
 from recsys.events import DeadLetter
 from recsys.settings import KafkaSettings
@@ -149,6 +151,23 @@ def usable(messages: list[Message]) -> list[Message]:
     return good
 
 
+DEAD_LETTERS = Counter("recsys_dead_letters_total", "Messages dead-lettered", ["source", "kind"])
+
+
+def dead_letter_kind(reason: str) -> str:
+    """A bounded metric label for a rejection reason (the reason itself is in the letter)."""
+    for prefix, kind in (
+        ("message of", "too_large"),
+        ("empty message", "empty"),
+        ("undecodable", "undecodable"),
+        ("invalid", "invalid"),
+        ("refused by the store", "refused_by_store"),
+    ):
+        if reason.startswith(prefix):
+            return kind
+    return "other"
+
+
 def build_dead_letter(
     *,
     reason: str,
@@ -159,9 +178,14 @@ def build_dead_letter(
     value: bytes | None,
 ) -> DeadLetter:
     """The dead-letter record of one message; its id makes redelivered letters detectable."""
+    event_id = f"{source_topic}:{partition}:{offset}"
+    if len(event_id) > 256:  # a long (legal) topic name: keep the id unique and bounded
+        digest = hashlib.sha256(event_id.encode()).hexdigest()[:16]
+        event_id = f"{source_topic[:180]}~{digest}:{partition}:{offset}"
     return DeadLetter(
-        event_id=f"{source_topic}:{partition}:{offset}",
-        reason=reason[:2_000],
+        event_id=event_id,
+        # one line of valid UTF-8 (a lone surrogate would not serialise)
+        reason=reason[:2_000].encode("utf-8", "replace").decode("utf-8"),
         source_topic=source_topic,
         partition=partition,
         offset=offset,
@@ -207,6 +231,7 @@ class DeadLetterSink:
         )
         produce(self._producer, self._topic, letter_key(key), letter.to_bytes())
         self.count += 1
+        DEAD_LETTERS.labels(source_topic, dead_letter_kind(reason)).inc()
         log.warning(
             "dead-lettered message",
             extra={
