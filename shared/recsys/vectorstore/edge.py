@@ -21,12 +21,14 @@ the boolean filter, the normalisation and concurrent reads during writes):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,8 +59,12 @@ _ALIASES_FILE = "aliases.json"
 _META_FILE = "meta.json"
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def point_id(item_id: str) -> uuid.UUID:
-    """Qdrant accepts only integers and UUIDs as point ids, so strings are hashed."""
+    """Qdrant accepts only integers and UUIDs as point ids, so strings are hashed.
+
+    Cached: every request hashes the user's seen items, the same ids again and again.
+    """
     return uuid.uuid5(ID_NAMESPACE, item_id)
 
 
@@ -122,6 +128,7 @@ class EdgeVectorStore:
         search_threads: int = 1,
         indexing_threshold_kb: int | None = None,
         full_scan_threshold_kb: int | None = None,
+        post_filter_max: int = 256,
     ) -> None:
         """``search_threads``: per-shard pool; 1 because requests, not segments, are the
         parallelism. The thresholds apply to collections created by this instance; None
@@ -131,6 +138,7 @@ class EdgeVectorStore:
         self._search_threads = search_threads
         self._indexing_threshold_kb = indexing_threshold_kb
         self._full_scan_threshold_kb = full_scan_threshold_kb
+        self._post_filter_max = post_filter_max
         self._lock = threading.RLock()
         self._closed = False
         (self._root / "collections").mkdir(parents=True, exist_ok=True)
@@ -230,7 +238,7 @@ class EdgeVectorStore:
             if remaining != self._aliases:
                 self._save_aliases(remaining)
             del self._shards[name]
-            shard.engine.close()
+            _close_engine(shard.engine, flush=False)
             shutil.rmtree(shard.folder)
 
     def list_collections(self) -> list[str]:
@@ -319,20 +327,31 @@ class EdgeVectorStore:
         if limit <= 0:
             return []
         shard = self._shard(collection)
-        flt = _edge_filter(query_filter, exclude_ids)
+        # A short exclusion list is cheaper dropped from a slightly longer result than
+        # checked in the filter (a has-id condition defeats the HNSW fast path); the top
+        # limit + |excluded| always holds the top ``limit`` of the rest.
+        post_filter = 0 < len(exclude_ids) <= self._post_filter_max
+        wanted = limit + len(exclude_ids) if post_filter else limit
+        excluded = exclude_ids if isinstance(exclude_ids, set | frozenset) else set(exclude_ids)
+        flt = _edge_filter(query_filter, () if post_filter else exclude_ids)
         request = qe.QueryRequest(
-            limit=limit,
+            limit=wanted,
             query=qe.Query.Nearest(_as_list(vector, shard.dim)),
             filter=flt,
             with_payload=True,
             with_vector=False,
-            params=qe.SearchParams(hnsw_ef=max(self._hnsw_ef, limit)),
+            params=qe.SearchParams(hnsw_ef=max(self._hnsw_ef, wanted)),
         )
         hits = self._read(collection, lambda: shard.engine.query(request))
         out = []
         for hit in hits:
             payload = dict(hit.payload or {})
-            out.append(SearchHit(str(payload.pop(ID_KEY)), float(hit.score), payload))
+            item_id = str(payload.pop(ID_KEY))
+            if post_filter and item_id in excluded:
+                continue
+            out.append(SearchHit(item_id, float(hit.score), payload))
+            if len(out) == limit:
+                break
         return out
 
     def dimension(self, collection: str) -> int:
@@ -366,8 +385,7 @@ class EdgeVectorStore:
             self._closed = True
             shards, self._shards = self._shards, {}
             for shard in shards.values():
-                shard.engine.flush()
-                shard.engine.close()
+                _close_engine(shard.engine)
 
     def _read(self, name: str, call: Callable[[], _T]) -> _T:
         """Runs a read; a shard dropped or closed under it reads as CollectionNotFound."""
@@ -377,6 +395,21 @@ class EdgeVectorStore:
             if self._aliases.get(name, name) not in self._shards:
                 raise CollectionNotFound(name) from exc
             raise
+
+
+def _close_engine(engine: qe.EdgeShard, flush: bool = True, attempts: int = 200) -> None:
+    """Flush and close, waiting out a read still running in another thread (the binding
+    refuses with "Already borrowed" rather than block)."""
+    for attempt in range(attempts):
+        try:
+            if flush:
+                engine.flush()
+            engine.close()
+            return
+        except RuntimeError as exc:
+            if "borrow" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01)
 
 
 def _as_list(vector: np.ndarray, dim: int) -> list[float]:
