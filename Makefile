@@ -71,6 +71,8 @@ evaluate: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/streaming.py
 	$(PY) bench/ranking.py
+	$(PY) bench/refresh.py
+	$(PY) bench/soak.py
 
 # gRPC ranking latency/throughput on MovieLens and a 1M-item catalogue (about 15 minutes
 # on 2 cores, half of it the 1M HNSW build): bench/results/ranking.json.
