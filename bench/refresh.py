@@ -6,8 +6,9 @@ train`` makes v2 (announced, new item collection filled, alias flipped) and ``re
 models rollback`` takes v1 back. It counts failed calls, calls during each swap and
 answers that regress to another version, and times each swap from the announcement to
 the first answer ranked with the new version. Then it publishes 20 new text-only movies
-one by one and times until ``SimilarItems`` of each returns neighbours mostly sharing a
-genre. The code is the one ``tests/e2e/test_refresh.py`` runs on a small catalogue.
+one by one and times until ``SimilarItems`` of each returns 5 neighbours of which at
+least 2 share one of its genres. The code is the one ``tests/e2e/test_refresh.py`` runs
+on a small catalogue.
 
     .venv/bin/python bench/refresh.py            # writes bench/results/refresh.json
 """
@@ -33,8 +34,8 @@ from recsys.devstack.refresh import (
     Announcements,
     Traffic,
     cold_item_seconds,
-    majority_shares_a_category,
     median,
+    shares_a_category,
     swap_report,
 )
 from recsys.devstack.stack import LocalStack, StackConfig
@@ -96,6 +97,11 @@ def _new_items() -> list[ItemEvent]:
     ]
 
 
+def _median_or_none(values: list[float]) -> float | None:
+    value = median(values)
+    return None if value == float("inf") else value  # JSON has no infinity
+
+
 def run(train_seconds: float, clients: int, workdir: Path) -> dict[str, Any]:
     data = movielens.load()
     users = sorted({e.user_id for e in data.interactions})
@@ -145,7 +151,10 @@ def run(train_seconds: float, clients: int, workdir: Path) -> dict[str, Any]:
         finally:
             announcements.close()
         cold = cold_item_seconds(
-            stack.kafka, stack.ranking_address, _new_items(), majority_shares_a_category
+            stack.kafka,
+            stack.ranking_address,
+            _new_items(),
+            lambda item, found: shares_a_category(item, found, at_least=2),
         )
     return {
         "dataset": "MovieLens-100K",
@@ -160,15 +169,32 @@ def run(train_seconds: float, clients: int, workdir: Path) -> dict[str, Any]:
         "version_regressions": report.version_regressions,
         "swaps": report.swaps,
         "swap_seconds": report.swap_seconds,
-        "cold_item_seconds": median(cold),
-        "cold_item_seconds_all": [round(s, 3) for s in cold],
+        # seconds from the catalogue event to SimilarItems answering with at least 2 of
+        # the 5 nearest sharing a genre; items that never got there are listed apart
+        # (an item that never got there counts as infinitely slow in the median)
+        "cold_item_seconds": _median_or_none(
+            [c.matched_s if c.matched_s is not None else float("inf") for c in cold]
+        ),
+        "cold_item_searchable_seconds": median(
+            [c.searchable_s for c in cold if c.searchable_s is not None]
+        ),
         "cold_items": len(cold),
+        "cold_items_matched": sum(c.matched_s is not None for c in cold),
+        "cold_item_details": [
+            {
+                "item_id": c.item_id,
+                "searchable_s": None if c.searchable_s is None else round(c.searchable_s, 3),
+                "matched_s": None if c.matched_s is None else round(c.matched_s, 3),
+                "neighbours": list(c.neighbours),
+            }
+            for c in cold
+        ],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train-seconds", type=float, default=60.0)
+    parser.add_argument("--train-seconds", type=float, default=150.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -180,7 +206,8 @@ def main() -> None:
         f"{result['failed_calls']} failed of {result['calls']} calls "
         f"({result['calls_during_swap']} during swaps), "
         f"{result['version_regressions']} version regressions; "
-        f"cold item median {result['cold_item_seconds']:.2f} s (target <= 2 s)"
+        f"cold item median {result['cold_item_seconds']} s (target <= 2 s), "
+        f"{result['cold_items_matched']} of {result['cold_items']} with same-genre neighbours"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

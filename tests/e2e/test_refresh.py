@@ -131,7 +131,8 @@ def test_new_text_only_items_are_similar_to_their_genre(stack: LocalStack) -> No
         )
         for genre, words in GENRES.items()
     ]
-    seconds = cold_item_seconds(
+    results = cold_item_seconds(
         stack.kafka, stack.ranking_address, new_items, majority_shares_a_category, timeout_s=60
     )
-    assert len(seconds) == len(new_items)
+    assert [r.item_id for r in results] == [i.item_id for i in new_items]
+    assert all(r.matched_s is not None for r in results), results

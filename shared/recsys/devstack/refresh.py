@@ -183,6 +183,14 @@ def swap_report(calls: Sequence[Call], announced: Sequence[tuple[float, str]]) -
     )
 
 
+@dataclass(frozen=True)
+class ColdItem:
+    item_id: str
+    searchable_s: float | None  # first SimilarItems answer with neighbours
+    matched_s: float | None  # first answer whose neighbours pass the genre check
+    neighbours: tuple[str, ...] = ()
+
+
 def cold_item_seconds(
     kafka: KafkaSettings,
     address: str,
@@ -190,32 +198,49 @@ def cold_item_seconds(
     same_genre: Callable[[ItemEvent, Sequence[ranking_pb2.ScoredItem]], bool],
     timeout_s: float = 30.0,
     k: int = 5,
-) -> list[float]:
-    """Seconds from publishing each item to ``SimilarItems`` of it passing ``same_genre``."""
+) -> list[ColdItem]:
+    """Publish each item, then poll ``SimilarItems`` of it: when it first answers and
+    when its neighbours first pass ``same_genre`` (None: not within ``timeout_s``)."""
     topics = Topics.from_settings(kafka)
     producer = make_producer(kafka)
-    seconds: list[float] = []
+    results: list[ColdItem] = []
     with grpc.insecure_channel(address) as channel:
         stub = ranking_pb2_grpc.RankingServiceStub(channel)  # type: ignore[no-untyped-call]
         for item in new_items:
             started = time.time()
             produce(producer, topics.items, item.item_id, item.to_bytes())
             producer.flush(10)
-            while True:
+            searchable: float | None = None
+            matched: float | None = None
+            neighbours: tuple[str, ...] = ()
+            while matched is None and time.time() - started < timeout_s:
                 try:
                     response = stub.SimilarItems(
                         ranking_pb2.SimilarItemsRequest(item_id=item.item_id, k=k), timeout=5
                     )
-                    if len(response.items) == k and same_genre(item, response.items):
-                        seconds.append(time.time() - started)
-                        break
                 except grpc.RpcError as exc:
                     if exc.code() != grpc.StatusCode.NOT_FOUND:
                         raise
-                if time.time() - started > timeout_s:
-                    raise TimeoutError(f"{item.item_id} not searchable within {timeout_s}s")
+                    time.sleep(0.02)
+                    continue
+                now = time.time() - started
+                if response.items and searchable is None:
+                    searchable = now
+                neighbours = tuple(f"{n.title} {list(n.categories)}" for n in response.items)
+                if len(response.items) == k and same_genre(item, response.items):
+                    matched = now
+                elif searchable is not None and now - searchable > 5.0:
+                    break  # indexed, and the neighbours will not change without a new model
                 time.sleep(0.02)
-    return seconds
+            results.append(ColdItem(item.item_id, searchable, matched, neighbours))
+    return results
+
+
+def shares_a_category(
+    item: ItemEvent, neighbours: Sequence[ranking_pb2.ScoredItem], at_least: int
+) -> bool:
+    wanted = set(item.categories)
+    return sum(1 for n in neighbours if wanted & set(n.categories)) >= at_least
 
 
 def majority_shares_a_category(
