@@ -45,7 +45,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="soak-bench-") as work:
         config = StackConfig(
             workdir=Path(work),
-            extra_env={"RECSYS_TRAINER_MODEL__CONTRASTIVE__TIME_BUDGET_S": str(args.train_seconds)},
+            extra_env={
+                "RECSYS_TRAINER_MODEL__CONTRASTIVE__TIME_BUDGET_S": str(args.train_seconds),
+                # steady state: a retrain mid-soak loads a second model and collection,
+                # a step in memory that would read as a slope (bench/refresh.py covers it)
+                "RECSYS_TRAINER_RETRAIN_THRESHOLD": str(10**9),
+            },
         )
         with LocalStack(config, Supervisor(colour=False)) as stack:
             publish_events(stack.kafka, data.items, data.interactions, progress=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from recsys.devstack.demo import personalised_ready
+from recsys.devstack.demo import personalised_ready, recommend
 from recsys.devstack.refresh import (
     Announcements,
     Traffic,
@@ -136,3 +136,40 @@ def test_new_text_only_items_are_similar_to_their_genre(stack: LocalStack) -> No
     )
     assert [r.item_id for r in results] == [i.item_id for i in new_items]
     assert all(r.matched_s is not None for r in results), results
+
+
+def test_new_item_can_be_recommended_and_a_new_user_is_personalised_from_one_event(
+    stack: LocalStack,
+) -> None:
+    cold = ItemEvent(
+        event_id="cold-rec-space",
+        item_id="cold-rec-space",
+        timestamp=3_100.0,
+        title="Starship Galaxy Orbit: a new space story",
+        categories=["space"],
+    )
+    publish_events(stack.kafka, [cold], [], progress=False)
+    with grpc.insecure_channel(stack.ranking_address) as channel:
+        stub = ranking_pb2_grpc.RankingServiceStub(channel)  # type: ignore[no-untyped-call]
+        # user-0 watches space: the new space item reaches its top 10 with no interaction
+        stack.wait_for(
+            lambda: "cold-rec-space" in {i.item_id for i in recommend(stub, "user-0", 10).items},
+            60,
+            "the new item in user-0's recommendations",
+        )
+        newcomer = recommend(stub, "brand-new-user", 5)
+        assert newcomer.fallback and "unknown user" in newcomer.fallback_reason
+        first = InteractionEvent(
+            event_id="newcomer-1",
+            user_id="brand-new-user",
+            item_id="horror-2",
+            event_type="view",
+            timestamp=4_000.0,
+        )
+        publish_events(stack.kafka, [], [first], progress=False)
+        stack.wait_for(
+            lambda: not recommend(stub, "brand-new-user", 5).fallback, 60, "personalised"
+        )
+        ranked = recommend(stub, "brand-new-user", 5)
+        assert "horror-2" not in {i.item_id for i in ranked.items}
+        assert ranked.items[0].item_id.startswith("horror-")
