@@ -7,42 +7,29 @@ meanwhile are reflected without anyone stepping in.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
-from recsys.devstack.demo import personalised_ready, recommend
-from recsys.devstack.stack import LocalStack, StackConfig
-from recsys.devstack.supervisor import Supervisor
+from recsys.devstack.demo import recommend
+from recsys.devstack.stack import LocalStack
 from recsys.events import InteractionEvent
 from recsys.publish import publish_events
 from recsys.v1 import ranking_pb2, ranking_pb2_grpc
-from tests.e2e.test_stack import catalogue, history
+from tests.support.stack import serving_stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    work: Path = tmp_path_factory.mktemp("faults")
-    output = io.StringIO()
-    config = StackConfig(workdir=work, trainer_min_interactions=100, trainer_quiet_seconds=1.0)
-    with LocalStack(config, Supervisor(out=output, colour=False)) as running:
+    with serving_stack(tmp_path_factory.mktemp("faults")) as running:
         try:
-            publish_events(running.kafka, catalogue(), history(), progress=False)
-            with grpc.insecure_channel(running.ranking_address) as channel:
-                stub = ranking_pb2_grpc.RankingServiceStub(channel)  # type: ignore[no-untyped-call]
-                running.wait_for(
-                    lambda: personalised_ready(stub, ["user-0", "user-1"]), 300, "v1 serving"
-                )
             yield running
         finally:
-            running.broker.resume()
-            (work / "stack.log").write_text(output.getvalue())
+            running.broker.resume()  # a failed freeze test must not leave it stopped
 
 
 @pytest.fixture

@@ -3,17 +3,15 @@ whole stack (the same code as ``bench/refresh.py``, on a small catalogue)."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
-from recsys.devstack.demo import personalised_ready, recommend
+from recsys.devstack.demo import recommend
 from recsys.devstack.refresh import (
     Announcements,
     Traffic,
@@ -21,12 +19,12 @@ from recsys.devstack.refresh import (
     majority_shares_a_category,
     swap_report,
 )
-from recsys.devstack.stack import LocalStack, StackConfig
-from recsys.devstack.supervisor import Supervisor
+from recsys.devstack.stack import LocalStack
 from recsys.events import InteractionEvent, ItemEvent
 from recsys.publish import publish_events
 from recsys.v1 import ranking_pb2_grpc
-from tests.e2e.test_stack import GENRES, catalogue, history
+from tests.e2e.test_stack import GENRES
+from tests.support.stack import serving_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -35,27 +33,13 @@ USERS = [f"user-{u}" for u in range(24)]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    work: Path = tmp_path_factory.mktemp("refresh")
-    output = io.StringIO()
-    config = StackConfig(
-        workdir=work,
-        trainer_min_interactions=100,
-        trainer_quiet_seconds=1.0,
-        extra_env={
-            "RECSYS_TRAINER_RETRAIN_THRESHOLD": "40",
-            # this test is about the swap, not the gate: accept any retrained model
-            "RECSYS_TRAINER_GATE_TOLERANCE": "1.0",
-        },
-    )
-    with LocalStack(config, Supervisor(out=output, colour=False)) as running:
-        try:
-            publish_events(running.kafka, catalogue(), history(), progress=False)
-            with grpc.insecure_channel(running.ranking_address) as channel:
-                stub = ranking_pb2_grpc.RankingServiceStub(channel)  # type: ignore[no-untyped-call]
-                running.wait_for(lambda: personalised_ready(stub, USERS[:2]), 300, "v1 serving")
-            yield running
-        finally:
-            (work / "stack.log").write_text(output.getvalue())
+    extra_env = {
+        "RECSYS_TRAINER_RETRAIN_THRESHOLD": "40",
+        # this test is about the swap, not the gate: accept any retrained model
+        "RECSYS_TRAINER_GATE_TOLERANCE": "1.0",
+    }
+    with serving_stack(tmp_path_factory.mktemp("refresh"), extra_env) as running:
+        yield running
 
 
 def _more_interactions() -> list[InteractionEvent]:

@@ -3,40 +3,22 @@ runs the same code for 10 minutes and records the memory slopes)."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
-from pathlib import Path
 
-import grpc
 import pytest
 
-from recsys.devstack.demo import personalised_ready
 from recsys.devstack.soak import run_soak
-from recsys.devstack.stack import LocalStack, StackConfig
-from recsys.devstack.supervisor import Supervisor
-from recsys.publish import publish_events
-from recsys.v1 import ranking_pb2_grpc
-from tests.e2e.test_stack import catalogue, history
+from recsys.devstack.stack import LocalStack
+from tests.e2e.test_stack import catalogue
+from tests.support.stack import serving_stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    work: Path = tmp_path_factory.mktemp("soak")
-    output = io.StringIO()
-    config = StackConfig(workdir=work, trainer_min_interactions=100, trainer_quiet_seconds=1.0)
-    with LocalStack(config, Supervisor(out=output, colour=False)) as running:
-        try:
-            publish_events(running.kafka, catalogue(), history(), progress=False)
-            with grpc.insecure_channel(running.ranking_address) as channel:
-                stub = ranking_pb2_grpc.RankingServiceStub(channel)  # type: ignore[no-untyped-call]
-                running.wait_for(
-                    lambda: personalised_ready(stub, ["user-0", "user-1"]), 300, "v1 serving"
-                )
-            yield running
-        finally:
-            (work / "stack.log").write_text(output.getvalue())
+    with serving_stack(tmp_path_factory.mktemp("soak")) as running:
+        yield running
 
 
 def test_sixty_seconds_of_events_and_queries_without_an_error(stack: LocalStack) -> None:
