@@ -22,7 +22,7 @@ from recsys.devstack.refresh import (
 from recsys.devstack.stack import LocalStack
 from recsys.events import InteractionEvent, ItemEvent
 from recsys.publish import publish_events
-from recsys.v1 import ranking_pb2_grpc
+from recsys.v1 import ranking_pb2, ranking_pb2_grpc
 from tests.e2e.test_stack import GENRES
 from tests.support.stack import serving_stack
 
@@ -141,6 +141,9 @@ def test_new_item_can_be_recommended_and_a_new_user_is_personalised_from_one_eve
             60,
             "the new item in user-0's recommendations",
         )
+        # and among the neighbours of the space items it resembles
+        related = stub.SimilarItems(ranking_pb2.SimilarItemsRequest(item_id="space-1", k=10))
+        assert "cold-rec-space" in {i.item_id for i in related.items}
         newcomer = recommend(stub, "brand-new-user", 5)
         assert newcomer.fallback and "unknown user" in newcomer.fallback_reason
         first = InteractionEvent(
