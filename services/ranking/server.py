@@ -485,22 +485,14 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
         details.update(users=len(request.user_ids), k=request.k)
         parsed = requests.batch(request, self._limits)
 
-        async def rank_all(version: str) -> dict[str, Ranking]:
+        async def rank_all(version: str) -> tuple[str, dict[str, Ranking]]:
             # one version for the whole batch: a swap mid-batch must not mix models
             results: dict[str, Ranking] = {}
             for user_id in parsed.unique_ids:
                 results[user_id] = await self._rank_user(user_id, parsed.options, version)
-            return results
+            return version, results
 
-        for attempt in range(2):
-            version = await self._serving_version()
-            try:
-                by_user = await rank_all(version)
-                break
-            except CollectionNotFound:
-                if attempt:
-                    raise
-                self.serving.invalidate()
+        version, by_user = await self._with_serving_version(rank_all)
         fallbacks = sum(r.fallback for r in by_user.values())
         details.update(model_version=version, fallbacks=fallbacks)
         return ranking_pb2.BatchRecommendResponse(
@@ -518,7 +510,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
 
     # -- ranking ------------------------------------------------------------------
 
-    async def _with_serving_version(self, rank: Callable[[str], Awaitable[Ranking]]) -> Ranking:
+    async def _with_serving_version(self, rank: Callable[[str], Awaitable[T]]) -> T:
         for attempt in range(2):
             version = await self._serving_version()
             try:

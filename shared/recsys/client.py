@@ -497,17 +497,8 @@ def _settings(
 # --- clients ------------------------------------------------------------------------
 
 
-class RankingClient:
-    """A synchronous RankingService client; thread-safe, one channel, close it when done.
-
-    ``timeout_s`` is each call's deadline, retries included (a call may override it).
-    ``retries`` is how many times a call is tried again on UNAVAILABLE (0 to 4).
-    ``token`` is sent as ``authorization: Bearer <token>``. ``tls=True`` or
-    ``root_certificates`` (the CAs to verify the server with) selects TLS;
-    ``certificate_chain`` and ``private_key`` add a client certificate (mTLS); each is PEM
-    bytes or a file path. ``options`` are extra gRPC channel options, e.g.
-    ``("grpc.ssl_target_name_override", "ranking")``.
-    """
+class _ClientBase:
+    """What both clients share: settings, channel options and the stub."""
 
     def __init__(
         self,
@@ -539,17 +530,37 @@ class RankingClient:
             max_receive_message_bytes=max_receive_message_bytes,
             options=options,
         )
-        s = self._settings
-        self._channel: grpc.Channel = (
-            grpc.insecure_channel(target, options=s.options)
-            if s.credentials is None
-            else grpc.secure_channel(target, s.credentials, options=s.options)
-        )
-        self._stub = ranking_pb2_grpc.RankingServiceStub(self._channel)
+        self._stub = ranking_pb2_grpc.RankingServiceStub(self._open_channel(self._settings))
+
+    def _open_channel(self, settings: _Settings) -> Any:
+        raise NotImplementedError
 
     @property
     def target(self) -> str:
         return self._settings.target
+
+
+class RankingClient(_ClientBase):
+    """A synchronous RankingService client; thread-safe, one channel, close it when done.
+
+    ``timeout_s`` is each call's deadline, retries included (a call may override it).
+    ``retries`` is how many times a call is tried again on UNAVAILABLE (0 to 4).
+    ``token`` is sent as ``authorization: Bearer <token>``. ``tls=True`` or
+    ``root_certificates`` (the CAs to verify the server with) selects TLS;
+    ``certificate_chain`` and ``private_key`` add a client certificate (mTLS); each is PEM
+    bytes or a file path. ``options`` are extra gRPC channel options, e.g.
+    ``("grpc.ssl_target_name_override", "ranking")``.
+    """
+
+    def _open_channel(self, settings: _Settings) -> grpc.Channel:
+        self._channel = (
+            grpc.insecure_channel(settings.target, options=settings.options)
+            if settings.credentials is None
+            else grpc.secure_channel(
+                settings.target, settings.credentials, options=settings.options
+            )
+        )
+        return self._channel
 
     def _call(self, rpc: Any, request: Any, request_id: str | None, timeout_s: float | None) -> Any:
         try:
@@ -699,51 +710,19 @@ class RankingClient:
         self.close()
 
 
-class AsyncRankingClient:
+class AsyncRankingClient(_ClientBase):
     """:class:`RankingClient` for asyncio (``grpc.aio``): the same arguments and methods,
     awaited. Create it inside the event loop that will use it."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        timeout_s: float = 2.0,
-        retries: int = 2,
-        token: str | None = None,
-        tls: bool = False,
-        root_certificates: Pem | None = None,
-        certificate_chain: Pem | None = None,
-        private_key: Pem | None = None,
-        initial_backoff_s: float = 0.1,
-        max_backoff_s: float = 1.0,
-        max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        self._settings = _settings(
-            target,
-            timeout_s=timeout_s,
-            retries=retries,
-            token=token,
-            tls=tls,
-            root_certificates=root_certificates,
-            certificate_chain=certificate_chain,
-            private_key=private_key,
-            initial_backoff_s=initial_backoff_s,
-            max_backoff_s=max_backoff_s,
-            max_receive_message_bytes=max_receive_message_bytes,
-            options=options,
+    def _open_channel(self, settings: _Settings) -> grpc.aio.Channel:
+        self._channel = (
+            grpc.aio.insecure_channel(settings.target, options=settings.options)
+            if settings.credentials is None
+            else grpc.aio.secure_channel(
+                settings.target, settings.credentials, options=settings.options
+            )
         )
-        s = self._settings
-        self._channel: grpc.aio.Channel = (
-            grpc.aio.insecure_channel(target, options=s.options)
-            if s.credentials is None
-            else grpc.aio.secure_channel(target, s.credentials, options=s.options)
-        )
-        self._stub = ranking_pb2_grpc.RankingServiceStub(self._channel)
-
-    @property
-    def target(self) -> str:
-        return self._settings.target
+        return self._channel
 
     async def _call(
         self, rpc: Any, request: Any, request_id: str | None, timeout_s: float | None

@@ -6,24 +6,21 @@ uses (LocalStack), with the real broker, services, model and embedded Qdrant.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recsys.devstack.demo import personalised_ready, recommend
-from recsys.devstack.stack import LocalStack, StackConfig
-from recsys.devstack.supervisor import Supervisor
+from recsys.devstack.demo import recommend
+from recsys.devstack.stack import LocalStack
 from recsys.events import DeadLetter, InteractionEvent, ItemEvent, ItemVector
 from recsys.kafka import make_producer, produce
-from recsys.publish import publish_events
 from recsys.topics import Topics
 from recsys.v1 import inference_pb2, inference_pb2_grpc, ranking_pb2, ranking_pb2_grpc
+from tests.support.stack import serving_stack
 from tests.support.topics import TopicReader
 
 pytestmark = pytest.mark.e2e
@@ -74,25 +71,14 @@ def history() -> list[InteractionEvent]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    work: Path = tmp_path_factory.mktemp("stack")
-    output = io.StringIO()
-    config = StackConfig(workdir=work, trainer_min_interactions=100, trainer_quiet_seconds=1.0)
-    with LocalStack(config, Supervisor(out=output, colour=False)) as running:
-        try:
-            yield running
-        finally:
-            (work / "stack.log").write_text(output.getvalue())
+    with serving_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def stub(stack: LocalStack) -> Iterator[ranking_pb2_grpc.RankingServiceStub]:
-    publish_events(stack.kafka, catalogue(), history(), progress=False)
     with grpc.insecure_channel(stack.ranking_address) as channel:
-        client = ranking_pb2_grpc.RankingServiceStub(channel)
-        stack.wait_for(
-            lambda: personalised_ready(client, ["user-0", "user-1"]), 300, "personalised rankings"
-        )
-        yield client
+        yield ranking_pb2_grpc.RankingServiceStub(channel)
 
 
 def test_rankings_are_personalised_and_exclude_seen_items(
