@@ -31,6 +31,7 @@ from recsys.kafka import (
 )
 from recsys.settings import KafkaSettings
 from recsys.topics import Topics
+from services.feature.durable_table import add_durable_table
 from services.feature.sequence import (
     UserState,
     apply_interaction,
@@ -120,7 +121,8 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
     }
     interactions = app.topic(topics.interactions, **raw)
     dead_letter = app.topic(topics.dead_letter, **raw)
-    recent = app.Table(
+    recent = add_durable_table(
+        app,
         "user-recent",
         default=None,
         # Changelog partition from the key (murmur2, like the producers of `interactions`),
@@ -188,9 +190,15 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 encode_user_sequence(user, state, last),
                 on_delivery=_raise_on_failure,
             )
-        # Delivered before faust acknowledges the batch's offsets: at least once.
-        if changed and await asyncio.to_thread(output.flush, 30) > 0:
-            raise RuntimeError("user-sequences not delivered within 30 s")
+        # Both the sequences and the table's changelog are delivered before faust
+        # acknowledges the batch's offsets: at least once, with no state lost to a kill.
+        if changed:
+            undelivered, _ = await asyncio.gather(
+                asyncio.to_thread(output.flush, 30),
+                asyncio.wait_for(recent.changelog_delivered(), timeout=30),
+            )
+            if undelivered > 0:
+                raise RuntimeError("user-sequences not delivered within 30 s")
 
     @app.agent(interactions)
     async def process_interactions(stream: Any) -> None:
