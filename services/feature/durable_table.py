@@ -30,10 +30,6 @@ class DurableTable(faust.Table):  # type: ignore[type-arg]
         self._undelivered.append(future)
         return future
 
-    @property
-    def undelivered(self) -> int:
-        return sum(not future.done() for future in self._undelivered)
-
     async def changelog_delivered(self) -> None:
         """Return once every write so far is acknowledged by the broker; raise if one failed."""
         pending, self._undelivered = self._undelivered, []
