@@ -8,18 +8,22 @@ from confluent_kafka import Message
 
 from recsys.events import InteractionEvent, InvalidEvent, ItemEvent, parse_event
 from recsys.topics import Topics
+from services.trainer.columns import InteractionColumns
 
 
 @dataclass
 class EventLog:
     """Deduplicated interactions (by event_id) and the latest state of each item.
 
+    Interactions are kept column-wise (:class:`InteractionColumns`): the log holds every
+    interaction ever consumed, so its per-event cost is the trainer's memory growth.
+
     Invalid messages are skipped here: the services that own those topics (feature,
     inference) already send them to the dead-letter topic.
     """
 
     topics: Topics
-    interactions: dict[str, InteractionEvent] = field(default_factory=dict)
+    interactions: InteractionColumns = field(default_factory=InteractionColumns)
     items: dict[str, ItemEvent] = field(default_factory=dict)
     skipped: int = 0
 
@@ -27,11 +31,7 @@ class EventLog:
         """Apply one message; True when it added a new interaction."""
         try:
             if message.topic() == self.topics.interactions:
-                event = parse_event(InteractionEvent, message.value())
-                if event.event_id in self.interactions:
-                    return False
-                self.interactions[event.event_id] = event
-                return True
+                return self.interactions.add(parse_event(InteractionEvent, message.value()))
             if message.topic() == self.topics.items:
                 item = parse_event(ItemEvent, message.value())
                 known = self.items.get(item.item_id)
@@ -44,4 +44,4 @@ class EventLog:
     def snapshot(self) -> tuple[list[InteractionEvent], dict[str, ItemEvent]]:
         """A copy to train on while the log keeps growing; live items only."""
         live = {item_id: item for item_id, item in self.items.items() if item.op == "upsert"}
-        return list(self.interactions.values()), live
+        return self.interactions.events(), live

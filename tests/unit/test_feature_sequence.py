@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import tracemalloc
 
 import pytest
 
@@ -293,3 +294,18 @@ def test_fast_encoding_matches_the_validated_sequence() -> None:
     fast = UserSequence.model_validate_json(encode_user_sequence("u", state, events[-1]))
     assert fast == to_user_sequence("u", state, events[-1])
     assert decode_state(encode_state(state)) == state
+
+
+def test_encoded_state_is_allocated_at_its_size() -> None:
+    # The table keeps one encoded state per user: orjson's own bytes would hold ~4x their
+    # length for as long as the user's next event takes.
+    state = _apply_all([_event(f"event-{n:05d}", f"item-{n}", float(n)) for n in range(500)])
+    tracemalloc.start()
+    try:
+        encoded = encode_state(state)
+        allocated, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(encoded) > 20_000
+    assert allocated < len(encoded) + 1_024
+    assert decode_state(encoded) == state
