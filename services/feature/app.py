@@ -18,7 +18,8 @@ from typing import Any
 
 import faust
 from confluent_kafka import KafkaError, KafkaException, Message
-from prometheus_client import Counter, Histogram
+from faust.types import TP
+from prometheus_client import Counter, Gauge, Histogram
 
 from recsys.events import InteractionEvent, InvalidEvent, parse_event
 from recsys.kafka import (
@@ -53,6 +54,10 @@ BATCH_EVENTS = Histogram(
     "recsys_feature_batch_events",
     "Interaction messages per applied batch",
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "recsys_feature_assigned_partitions",
+    "Partitions of the interactions topic this worker owns after the last rebalance",
 )
 
 
@@ -125,9 +130,6 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
         app,
         "user-recent",
         default=None,
-        # Changelog partition from the key (murmur2, like the producers of `interactions`),
-        # so one write per user per batch needs no per-event partition context.
-        use_partitioner=True,
         key_type=str,
         value_type=bytes,
     )
@@ -153,7 +155,8 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
 
     async def apply_batch(events: Sequence[Any]) -> None:
         """Apply a batch; each changed user gets one table write and one sequence message."""
-        changed: dict[str, tuple[UserState, InteractionEvent]] = {}
+        # user -> (new state, last event applied, partition the user's events come from)
+        changed: dict[str, tuple[UserState, InteractionEvent, int]] = {}
         for event in events:
             message = event.message
             try:
@@ -177,12 +180,12 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 dedupe_window=settings.dedupe_window,
             )
             if is_new:
-                changed[user] = (new_state, interaction)
+                changed[user] = (new_state, interaction, message.partition)
                 EVENTS.labels("processed").inc()
             else:
                 EVENTS.labels("duplicate").inc()
-        for user, (state, last) in changed.items():
-            recent[user] = encode_state(state)
+        for user, (state, last, partition) in changed.items():
+            recent.put(user, encode_state(state), partition=partition)
             produce(
                 output,
                 topics.user_sequences,
@@ -220,6 +223,12 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 feature_app.ready = False
                 logging.shutdown()
                 os._exit(1)
+
+    async def count_assigned(_sender: Any, assigned: set[TP], **_: Any) -> None:
+        ASSIGNED_PARTITIONS.set(sum(1 for tp in assigned if tp.topic == topics.interactions))
+
+    # (mode types receivers as taking any positional arguments; this one takes one)
+    app.on_partitions_assigned.connect(count_assigned)  # type: ignore[arg-type]
 
     @app.task  # type: ignore[untyped-decorator]
     async def mark_ready() -> None:

@@ -289,10 +289,74 @@ def test_sigkill_and_restart_lose_and_duplicate_nothing(
     assert resent_in_final == stream.resent
 
 
+ASSIGNED = "recsys_feature_assigned_partitions"
+
+
+def test_partition_handover_brings_its_users_state(
+    kafka: KafkaSettings, topics: Topics, tmp_path: Path, start_worker: list[FeatureWorker]
+) -> None:
+    """A partition that moves to another worker brings its users' state along: the new
+    owner recovers it from the changelog partition of the same number. (Table writes used
+    to go where the producer's partitioner put the JSON-encoded key, so a worker that owned
+    one partition found about half of its users' history missing.)"""
+    stream = build_stream(seed=5)
+    half = len(stream.messages) // 2
+
+    def start(name: str) -> FeatureWorker:
+        port = free_port()
+        worker = FeatureWorker(
+            worker_env(kafka, tmp_path / f"faust-{name}", port),
+            tmp_path / f"feature-{name}.log",
+            port,
+        )
+        start_worker.append(worker)
+        return worker
+
+    def applied(worker: FeatureWorker) -> float:
+        return worker.counter("processed") + worker.counter("duplicate")
+
+    reader = TopicReader(kafka, [topics.user_sequences])
+    sequences = LatestSequences(reader)
+    try:
+        first = start("a")
+        publish(kafka, topics.interactions, stream.messages[:half])
+        deadline = time.monotonic() + 90
+        while applied(first) < half:
+            assert first.process.poll() is None, f"worker exited:\n{first.log_tail()}"
+            assert time.monotonic() < deadline, f"first worker stalled:\n{first.log_tail()}"
+            time.sleep(0.2)
+        applied_alone = applied(first)
+
+        second = start("b")  # the group splits the two partitions between the workers
+        deadline = time.monotonic() + 90
+        while not (first.metric(ASSIGNED) == 1 and second.metric(ASSIGNED) == 1):
+            assert second.process.poll() is None, f"worker exited:\n{second.log_tail()}"
+            assert time.monotonic() < deadline, f"no split:\n{second.log_tail()}"
+            time.sleep(0.2)
+        time.sleep(3)  # let both finish recovery: this test is about state, not races
+        publish(kafka, topics.interactions, stream.messages[half:])
+
+        deadline = time.monotonic() + 90
+        while problems := sequences.problems(stream.expected):
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"{len(problems)} of {USERS} users' last sequences differ from the events"
+                    " published:\n" + "\n".join(problems[:10])
+                )
+            reader.poll(0.2)
+            sequences.update()
+    finally:
+        reader.close()
+    assert not sequences.duplicated, sequences.duplicated[:10]
+    # Both workers took part after the split: the moved partition's users were served by
+    # the worker that recovered them, and the other's by the worker that kept them.
+    assert applied(second) > 0 and applied(first) > applied_alone
+
+
 @pytest.mark.xfail(
-    reason="known defect, under investigation: after a rebalance moves a partition to the"
-    " other worker, that worker's table recovery misses some users' state (their earliest"
-    " events vanish from later sequences); kept as the reproduction",
+    reason="faust-streaming delivery race, not yet worked around: messages fetched while a"
+    " rebalance is in progress can be dropped and their offsets committed as a gap"
+    " (faust-streaming issues 216 and 221), so a few events of a partition are skipped",
     strict=False,
 )
 def test_rebalances_mid_stream_lose_nothing(

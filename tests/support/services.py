@@ -26,15 +26,17 @@ class FeatureWorker:
 
     def counter(self, outcome: str) -> float:
         """``recsys_feature_events_total{outcome=...}``, 0 while the endpoint is not up."""
+        return self.metric(f'recsys_feature_events_total{{outcome="{outcome}"}}')
+
+    def metric(self, sample: str) -> float:
+        """One sample of the worker's metrics (name and labels as exposed), 0 if absent."""
         try:
             url = f"http://127.0.0.1:{self.metrics_port}/metrics"
             with urllib.request.urlopen(url, timeout=2) as response:
                 text = response.read().decode()
         except OSError:
             return 0.0
-        match = re.search(
-            rf'^recsys_feature_events_total\{{outcome="{outcome}"\}} (\S+)$', text, re.M
-        )
+        match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
         return float(match.group(1)) if match else 0.0
 
     def log_tail(self, lines: int = 30) -> str:
