@@ -6,16 +6,20 @@ import copy
 import itertools
 import tracemalloc
 
+import orjson
 import pytest
 
 from recsys.events import InteractionEvent, UserSequence
 from services.feature.sequence import (
+    DIGEST_CHARS,
     UserState,
     apply_interaction,
     decode_state,
+    digest_in,
     empty_state,
     encode_state,
     encode_user_sequence,
+    event_digest,
     to_user_sequence,
 )
 
@@ -59,6 +63,31 @@ def _apply_all(
     return state
 
 
+def _digests(*event_ids: str) -> str:
+    return "".join(event_digest(i) for i in event_ids)
+
+
+def test_digests_are_fixed_width_and_matched_only_whole() -> None:
+    packed = _digests("a", "b", "c")
+    assert len(packed) == 3 * DIGEST_CHARS
+    assert all(digest_in(packed, event_digest(i)) for i in "abc")
+    assert not digest_in(packed, event_digest("d"))
+    # A run of characters straddling two digests is not a digest of the window.
+    assert not digest_in(packed, packed[DIGEST_CHARS // 2 : DIGEST_CHARS // 2 + DIGEST_CHARS])
+
+
+def test_state_written_with_full_ids_still_deduplicates() -> None:
+    """States in a changelog written before digests carry ``event_ids``: read, they
+    dedupe the same window."""
+    old = orjson.dumps({"entries": [], "seen": ["i1"], "event_ids": ["e1", "e2"]})
+    state = decode_state(old)
+    assert state is not None and "event_ids" not in state
+    _, changed = apply_interaction(
+        state, _event("e2", "i2", 1.0), max_length=BIG, max_seen=BIG, dedupe_window=BIG
+    )
+    assert changed is False
+
+
 def _ids(state: UserState) -> list[str]:
     return [e["event_id"] for e in state["entries"]]
 
@@ -76,7 +105,7 @@ def test_first_event_on_no_state() -> None:
         {"event_id": "e1", "item_id": "i1", "event_type": "rating", "timestamp": 10.0, "value": 4.5}
     ]
     assert state["seen"] == ["i1"]
-    assert state["event_ids"] == ["e1"]
+    assert state["event_digests"] == _digests("e1")
 
 
 def test_value_none_is_not_stored() -> None:
@@ -88,7 +117,7 @@ def test_appends_in_order() -> None:
     state = _apply_all([_event(f"e{i}", f"i{i}", float(i)) for i in range(5)])
     assert _ids(state) == ["e0", "e1", "e2", "e3", "e4"]
     assert state["seen"] == ["i0", "i1", "i2", "i3", "i4"]
-    assert state["event_ids"] == ["e0", "e1", "e2", "e3", "e4"]
+    assert state["event_digests"] == _digests("e0", "e1", "e2", "e3", "e4")
 
 
 def test_does_not_mutate_the_given_state() -> None:
@@ -157,7 +186,7 @@ def test_late_event_older_than_the_window_is_dropped_from_entries() -> None:
     assert _ids(state) == ["e0", "e1", "e2"]
     # It still counts as seen and as processed.
     assert "i9" in state["seen"]
-    assert "late" in state["event_ids"]
+    assert digest_in(state["event_digests"], event_digest("late"))
 
 
 def test_seen_is_deduplicated_and_moved_to_end() -> None:
@@ -188,7 +217,7 @@ def test_seen_capped_keeping_most_recent(max_seen: int) -> None:
 def test_dedupe_window_is_bounded(window: int) -> None:
     events = [_event(f"e{i}", f"i{i}", float(i)) for i in range(6)]
     state = _apply_all(events, dedupe_window=window)
-    assert state["event_ids"] == [f"e{i}" for i in range(6 - window, 6)]
+    assert state["event_digests"] == _digests(*[f"e{i}" for i in range(6 - window, 6)])
     # Ids inside the window are still recognised ...
     _, changed = apply_interaction(
         state, events[-1], max_length=BIG, max_seen=BIG, dedupe_window=window
@@ -215,7 +244,7 @@ def test_state_stays_bounded_over_many_events() -> None:
         assert len(state["entries"]) <= 10
         assert len(state["seen"]) <= 20
         assert len(set(state["seen"])) == len(state["seen"])
-        assert len(state["event_ids"]) <= 15
+        assert len(state["event_digests"]) <= 15 * DIGEST_CHARS
         stored = [e["timestamp"] for e in state["entries"]]
         assert stored == sorted(stored)
 
