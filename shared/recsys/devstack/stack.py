@@ -98,6 +98,10 @@ class LocalStack:
             "RECSYS_OBS_HTTP_PORT": str(self.http_ports[name]),
             # Two cores are shared by every process here.
             "OMP_NUM_THREADS": "1",
+            # As in the image: without it a worker's threads each grow a glibc heap arena
+            # and resident memory creeps up (the feature worker alone at 100 events/s:
+            # 0.41 MB/min without it, 0.0 with it).
+            "MALLOC_ARENA_MAX": "2",
             "TOKENIZERS_PARALLELISM": "false",
         }
         env.update(self.config.extra_env)
