@@ -32,6 +32,7 @@ from recsys.kafka import (
 )
 from recsys.settings import KafkaSettings
 from recsys.topics import Topics
+from services.feature.contiguous import use_contiguous_consumer
 from services.feature.durable_table import add_durable_table
 from services.feature.sequence import (
     UserState,
@@ -118,6 +119,9 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
         key_serializer="raw",
         value_serializer="raw",
     )
+    # Every partition's events reach the agent in offset order, none skipped, across
+    # rebalances (faust alone can skip prefetched ones: see contiguous.py).
+    use_contiguous_consumer(app)
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,

@@ -353,12 +353,6 @@ def test_partition_handover_brings_its_users_state(
     assert applied(second) > 0 and applied(first) > applied_alone
 
 
-@pytest.mark.xfail(
-    reason="faust-streaming delivery race, not yet worked around: messages fetched while a"
-    " rebalance is in progress can be dropped and their offsets committed as a gap"
-    " (faust-streaming issues 216 and 221), so a few events of a partition are skipped",
-    strict=False,
-)
 def test_rebalances_mid_stream_lose_nothing(
     kafka: KafkaSettings, topics: Topics, tmp_path: Path, start_worker: list[FeatureWorker]
 ) -> None:

@@ -1,0 +1,182 @@
+"""A faust consumer that hands the agent every partition's offsets in order, none skipped.
+
+Why: faust-streaming loses prefetched messages around a rebalance (its issues 216 and
+221). After a rebalance it seeks each partition to its committed offset, but it does so
+while the fetcher runs: records fetched before the seek are still handed over after it.
+faust's fetcher tracks a "read offset" per partition, drops a record below it and treats
+a jump above it as a gap of acknowledged offsets. A stale record seen after the seek makes
+the re-read records after it look old (dropped), or a re-read record after stale ones makes
+the skipped stretch look like a gap (acknowledged, so the commit moves past it). Either way
+some events are never applied, and the commit makes that permanent.
+
+The fix holds one invariant where records enter faust, before any of that bookkeeping:
+for each partition of an acknowledged topic, the records passed on since the last seek to
+committed offsets are exactly ``start, start + 1, ...``, where ``start`` is the committed
+offset (0 when nothing is committed). :class:`OffsetGuard` keeps it:
+
+- A rebalance forgets every partition's position; nothing of a partition passes until the
+  seek to committed offsets that follows every rebalance sets ``start``.
+- A record below the next expected offset was already passed on since that seek: dropped.
+- A record above it means records were skipped (stale records, or a position moved under
+  the seek): dropped, and the partition is sought back to the expected offset; the rest of
+  that fetch is stale. If a fetch made after that seek still starts above it, the records
+  are really gone from the log (retention, compaction) and the jump is accepted, as a gap.
+
+So each partition's events reach the agent in offset order with none missing (a redelivery
+after a later seek to committed offsets repeats events, which event-id deduplication makes
+harmless). Downstream of the fetcher faust only discards events during a rebalance, and
+every rebalance ends in a seek to committed offsets, which re-reads them: everything below
+a committed offset was acknowledged, and only applied events are acknowledged, in order.
+faust's own read-offset check and gap bookkeeping are switched off for these topics: with
+the records contiguous they have nothing to find, and after a seek they would misfire.
+
+Plugged in as the transport's consumer class (:func:`use_contiguous_consumer`), not
+patched into faust.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import faust
+from aiokafka.errors import IllegalStateError  # type: ignore[import-untyped]
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, Message
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(enum.Enum):
+    PASS = "pass"  # the next offset: hand it on
+    DROP = "drop"  # before the start, already handed on, or stale
+    SEEK_BACK = "seek back"  # records skipped: seek to expected(tp), drop the rest of the fetch
+    GAP = "gap"  # a fetch from expected(tp) starts later: offsets missing from the log
+
+
+class OffsetGuard:
+    """Which records of each partition may be handed on, so that they stay contiguous."""
+
+    def __init__(self) -> None:
+        self._next: dict[TP, int] = {}  # next offset to hand on; absent: no start yet
+        self._sought_back: set[TP] = set()  # sought back to _next, next fetch not seen yet
+        self._stale: set[TP] = set()  # sought back during the current fetch
+
+    def forget(self) -> None:
+        """A rebalance: no partition passes until :meth:`start` is called for it."""
+        self._next.clear()
+        self._sought_back.clear()
+        self._stale.clear()
+
+    def start(self, tp: TP, offset: int) -> None:
+        """The consumer was sought to ``offset``: hand on ``offset`` next."""
+        self._next[tp] = offset
+        self._sought_back.discard(tp)
+
+    def new_fetch(self) -> None:
+        """The records that follow were fetched after every seek made so far."""
+        self._stale.clear()
+
+    def expected(self, tp: TP) -> int | None:
+        return self._next.get(tp)
+
+    def check(self, tp: TP, offset: int) -> Verdict:
+        expected = self._next.get(tp)
+        if expected is None or offset < expected or tp in self._stale:
+            return Verdict.DROP
+        verdict = Verdict.PASS
+        if offset > expected:
+            if tp not in self._sought_back:
+                self._sought_back.add(tp)
+                self._stale.add(tp)
+                return Verdict.SEEK_BACK
+            verdict = Verdict.GAP
+        self._sought_back.discard(tp)
+        self._next[tp] = offset + 1
+        return verdict
+
+    def seek_failed(self, tp: TP) -> None:
+        """The seek back did not happen: the next jump must try again."""
+        self._sought_back.discard(tp)
+
+
+class ContiguousConsumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer, passing each acknowledged partition's offsets contiguously."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard = OffsetGuard()
+
+    def _guarded(self, tp: TP) -> bool:
+        return self.app.topics.acks_enabled_for(tp.topic)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._guard.forget()
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        # Also here: a seek made while the flow was stopped mid-rebalance saw the old assignment.
+        self._guard.forget()
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        # faust's perform_seek() calls this and then resets its read offsets, with no await
+        # in between: the new starting points take effect together with faust's.
+        committed = await super().seek_to_committed()
+        for tp, offset in committed.items():
+            if self._guarded(tp):
+                # Nothing committed: from offset 0. Where the log starts later, the consumer
+                # starts there (auto_offset_reset "earliest"), and after one seek back to 0
+                # the guard takes the jump for offsets gone from the log.
+                self._guard.start(tp, offset if offset is not None and offset > 0 else 0)
+        return committed
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 (faust's signature)
+        guard = self._guard
+        guard.new_fetch()
+        async for tp, message in super().getmany(timeout):
+            if self._guarded(tp):
+                expected = guard.expected(tp)
+                verdict = guard.check(tp, message.offset)
+                if verdict is Verdict.DROP:
+                    continue
+                assert expected is not None
+                if verdict is Verdict.SEEK_BACK:
+                    await self._seek_back(tp, expected, message.offset)
+                    continue
+                if verdict is Verdict.GAP:
+                    log.warning(
+                        "offsets missing from the log",
+                        extra={"tp": str(tp), "first": expected, "last": message.offset - 1},
+                    )
+                    await super()._add_gap(tp, expected, message.offset - 1)
+                # faust's read-offset check would drop the records re-read after a seek.
+                self._read_offset[tp] = None
+            yield tp, message
+
+    async def _seek_back(self, tp: TP, expected: int, offset: int) -> None:
+        log.info(
+            "records skipped; seeking back",
+            extra={"tp": str(tp), "expected": expected, "offset": offset},
+        )
+        try:
+            await self.seek_wait({tp: expected})
+        except IllegalStateError:
+            # No longer assigned: a rebalance is under way and will seek it again.
+            self._guard.seek_failed(tp)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        # The fetcher's gaps come from its read offsets, which are off for guarded topics.
+        if not self._guarded(tp):
+            await super()._add_gap(tp, offset_from, offset_to)
+
+
+class ContiguousTransport(faust_aiokafka.Transport):
+    Consumer = ContiguousConsumer
+
+
+def use_contiguous_consumer(app: faust.App) -> None:
+    """Make ``app`` consume through :class:`ContiguousConsumer` (before it creates one)."""
+    app.transport = ContiguousTransport(app.conf.broker_consumer, app)

@@ -1,0 +1,77 @@
+"""The feature consumer's offset guard: each partition's records are handed on
+contiguously from the offset last sought to, across stale records and rebalances."""
+
+from __future__ import annotations
+
+from faust.types import TP
+
+from services.feature.contiguous import OffsetGuard, Verdict
+
+P0 = TP("interactions", 0)
+P1 = TP("interactions", 1)
+
+
+def _handed_on(guard: OffsetGuard, tp: TP, offsets: range | list[int]) -> list[int]:
+    return [o for o in offsets if guard.check(tp, o) in (Verdict.PASS, Verdict.GAP)]
+
+
+def test_nothing_passes_before_the_seek_that_follows_a_rebalance() -> None:
+    guard = OffsetGuard()
+    assert _handed_on(guard, P0, range(10, 15)) == []
+    guard.start(P0, 10)
+    assert _handed_on(guard, P0, range(10, 15)) == [10, 11, 12, 13, 14]
+    guard.forget()  # a rebalance: the committed offset may have moved on elsewhere
+    assert _handed_on(guard, P0, range(15, 20)) == []
+    assert _handed_on(guard, P1, range(0, 3)) == []
+
+
+def test_records_already_handed_on_since_the_seek_are_dropped() -> None:
+    """Records fetched before the seek to committed offsets, then the re-read from it."""
+    guard = OffsetGuard()
+    guard.start(P0, 426)
+    assert _handed_on(guard, P0, range(426, 461)) == list(range(426, 461))
+    guard.new_fetch()
+    assert _handed_on(guard, P0, range(426, 470)) == list(range(461, 470))
+
+
+def test_a_jump_seeks_back_and_the_rest_of_that_fetch_is_stale() -> None:
+    """faust 216/221: after the seek to 426, a stale record 478 must not pass, nor open a gap."""
+    guard = OffsetGuard()
+    guard.start(P0, 426)
+    assert guard.check(P0, 478) is Verdict.SEEK_BACK
+    assert guard.expected(P0) == 426
+    assert _handed_on(guard, P0, [479, 480, 426]) == []  # the rest of that fetch
+    assert guard.check(P1, 0) is Verdict.DROP  # other partitions are unaffected (no start)
+    guard.new_fetch()  # fetched after the seek back: from 426
+    assert _handed_on(guard, P0, range(426, 481)) == list(range(426, 481))
+
+
+def test_offsets_missing_from_the_log_are_accepted_after_one_seek_back() -> None:
+    guard = OffsetGuard()
+    guard.start(P0, 100)
+    assert guard.check(P0, 150) is Verdict.SEEK_BACK
+    guard.new_fetch()
+    # A fetch from 100 that starts at 150: 100..149 are gone (retention, compaction).
+    assert guard.check(P0, 150) is Verdict.GAP
+    assert _handed_on(guard, P0, [151, 152]) == [151, 152]
+    # A later jump seeks back again first.
+    guard.new_fetch()
+    assert guard.check(P0, 160) is Verdict.SEEK_BACK
+
+
+def test_a_failed_seek_back_is_retried() -> None:
+    guard = OffsetGuard()
+    guard.start(P0, 5)
+    assert guard.check(P0, 9) is Verdict.SEEK_BACK
+    guard.seek_failed(P0)
+    guard.new_fetch()
+    assert guard.check(P0, 9) is Verdict.SEEK_BACK  # not taken for a gap in the log
+
+
+def test_a_new_seek_restarts_the_partition() -> None:
+    guard = OffsetGuard()
+    guard.start(P0, 0)
+    assert _handed_on(guard, P0, range(0, 50)) == list(range(50))
+    guard.start(P0, 20)  # seek to committed offsets again: re-read from 20
+    assert _handed_on(guard, P0, range(20, 25)) == list(range(20, 25))
+    assert guard.check(P0, 30) is Verdict.SEEK_BACK
