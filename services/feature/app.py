@@ -158,9 +158,15 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
         )
 
     async def apply_batch(events: Sequence[Any]) -> None:
-        """Apply a batch; each changed user gets one table write and one sequence message."""
-        # user -> (new state, last event applied, partition the user's events come from)
-        changed: dict[str, tuple[UserState, InteractionEvent, int]] = {}
+        """Apply a batch; each changed user gets one table write and one sequence message.
+
+        Events are grouped by user (arrival order kept) and applied one user at a time, so
+        a single decoded state is alive at once rather than one per user in the batch: a
+        full batch under backlog touches hundreds of users, and holding all their decoded
+        states raised the worker's memory high-water mark with every larger batch.
+        """
+        # user -> (their valid events in arrival order, partition their events come from)
+        by_user: dict[str, tuple[list[InteractionEvent], int]] = {}
         for event in events:
             message = event.message
             try:
@@ -175,28 +181,37 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 await interactions.send(key=user.encode(), value=message.value)
                 EVENTS.labels("rekeyed").inc()
                 continue
-            state = changed[user][0] if user in changed else decode_state(recent.get(user))
-            new_state, is_new = apply_interaction(
-                state,
-                interaction,
-                max_length=settings.max_sequence_length,
-                max_seen=settings.max_seen_items,
-                dedupe_window=settings.dedupe_window,
-            )
-            if is_new:
-                changed[user] = (new_state, interaction, message.partition)
-                EVENTS.labels("processed").inc()
+            if user in by_user:
+                by_user[user][0].append(interaction)
             else:
-                EVENTS.labels("duplicate").inc()
-        for user, (state, last, partition) in changed.items():
-            recent.put(user, encode_state(state), partition=partition)
-            produce(
-                output,
-                topics.user_sequences,
-                user,
-                encode_user_sequence(user, state, last),
-                on_delivery=_raise_on_failure,
-            )
+                by_user[user] = ([interaction], message.partition)
+        changed = False
+        for user, (user_events, partition) in by_user.items():
+            state: UserState | None = decode_state(recent.get(user))
+            last: InteractionEvent | None = None
+            for interaction in user_events:
+                state, is_new = apply_interaction(
+                    state,
+                    interaction,
+                    max_length=settings.max_sequence_length,
+                    max_seen=settings.max_seen_items,
+                    dedupe_window=settings.dedupe_window,
+                )
+                if is_new:
+                    last = interaction
+                    EVENTS.labels("processed").inc()
+                else:
+                    EVENTS.labels("duplicate").inc()
+            if state is not None and last is not None:
+                recent.put(user, encode_state(state), partition=partition)
+                produce(
+                    output,
+                    topics.user_sequences,
+                    user,
+                    encode_user_sequence(user, state, last),
+                    on_delivery=_raise_on_failure,
+                )
+                changed = True
         # Both the sequences and the table's changelog are delivered before faust
         # acknowledges the batch's offsets: at least once, with no state lost to a kill.
         if changed:
