@@ -16,7 +16,9 @@ class FeatureSettings(BaseSettings):
     app_id: str = Field("recsys-feature", description="faust app id: consumer group, tables")
     max_sequence_length: int = Field(50, ge=1, le=1_000, description="interactions kept")
     max_seen_items: int = Field(1_000, ge=0, description="distinct items kept for exclusion")
-    dedupe_window: int = Field(500, ge=1, description="recent event ids kept per user")
+    dedupe_window: int = Field(
+        500, ge=1, description="recent event ids kept per user (as 12-character digests)"
+    )
     batch_size: int = Field(1_000, ge=1, description="events applied per batch")
     batch_wait_ms: int = Field(10, ge=1, description="longest wait to fill a batch")
     data_dir: Path = Field(Path(".data/feature"), description="faust worker data folder")
