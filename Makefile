@@ -72,7 +72,7 @@ bench: $(STAMP)
 	$(PY) bench/streaming.py
 	$(PY) bench/ranking.py
 	$(PY) bench/refresh.py
-	$(PY) bench/soak.py
+	$(PY) bench/soak.py --runs 3
 
 # gRPC ranking latency/throughput on MovieLens and a 1M-item catalogue (about 15 minutes
 # on 2 cores, half of it the 1M HNSW build): bench/results/ranking.json.
