@@ -36,6 +36,7 @@ patched into faust.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -63,17 +64,29 @@ class OffsetGuard:
         self._next: dict[TP, int] = {}  # next offset to hand on; absent: no start yet
         self._sought_back: set[TP] = set()  # sought back to _next, next fetch not seen yet
         self._stale: set[TP] = set()  # sought back during the current fetch
+        self._dropped_unstarted: set[TP] = set()  # records dropped while no start was known
 
     def forget(self) -> None:
         """A rebalance: no partition passes until :meth:`start` is called for it."""
         self._next.clear()
         self._sought_back.clear()
         self._stale.clear()
+        self._dropped_unstarted.clear()
 
-    def start(self, tp: TP, offset: int) -> None:
-        """The consumer was sought to ``offset``: hand on ``offset`` next."""
+    def start(self, tp: TP, offset: int) -> bool:
+        """The consumer was sought to ``offset``: hand on ``offset`` next.
+
+        Returns whether records of ``tp`` were dropped for want of a start. The seek runs
+        on the consumer's thread, so records fetched from the new position can arrive
+        before the start is known; if so, the partition must be sought to ``offset`` again
+        or they are never handed on.
+        """
         self._next[tp] = offset
         self._sought_back.discard(tp)
+        if tp in self._dropped_unstarted:
+            self._dropped_unstarted.discard(tp)
+            return True
+        return False
 
     def new_fetch(self) -> None:
         """The records that follow were fetched after every seek made so far."""
@@ -84,7 +97,10 @@ class OffsetGuard:
 
     def check(self, tp: TP, offset: int) -> Verdict:
         expected = self._next.get(tp)
-        if expected is None or offset < expected or tp in self._stale:
+        if expected is None:
+            self._dropped_unstarted.add(tp)
+            return Verdict.DROP
+        if offset < expected or tp in self._stale:
             return Verdict.DROP
         verdict = Verdict.PASS
         if offset > expected:
@@ -125,12 +141,22 @@ class ContiguousConsumer(faust_aiokafka.Consumer):
         # faust's perform_seek() calls this and then resets its read offsets, with no await
         # in between: the new starting points take effect together with faust's.
         committed = await super().seek_to_committed()
+        read_again: dict[TP, int] = {}
         for tp, offset in committed.items():
             if self._guarded(tp):
                 # Nothing committed: from offset 0. Where the log starts later, the consumer
                 # starts there (auto_offset_reset "earliest"), and after one seek back to 0
                 # the guard takes the jump for offsets gone from the log.
-                self._guard.start(tp, offset if offset is not None and offset > 0 else 0)
+                start = offset if offset is not None and offset > 0 else 0
+                if self._guard.start(tp, start):
+                    read_again[tp] = start
+        if read_again:
+            # Records were dropped while the seek was in flight; some may have come from
+            # the new position (a restarted worker stalled on exactly that). Read them again.
+            log.info("re-reading records fetched during the seek", extra={"tps": str(read_again)})
+            # (IllegalStateError: no longer assigned; the rebalance under way seeks it again)
+            with contextlib.suppress(IllegalStateError):
+                await self.seek_wait(read_again)
         return committed
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 (faust's signature)

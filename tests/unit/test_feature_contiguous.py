@@ -75,3 +75,18 @@ def test_a_new_seek_restarts_the_partition() -> None:
     guard.start(P0, 20)  # seek to committed offsets again: re-read from 20
     assert _handed_on(guard, P0, range(20, 25)) == list(range(20, 25))
     assert guard.check(P0, 30) is Verdict.SEEK_BACK
+
+
+def test_records_dropped_before_the_start_is_known_are_read_again() -> None:
+    """The seek runs on the consumer thread: records from the new position can arrive before
+    the guard learns the start. They are dropped, and the start says to seek again."""
+    guard = OffsetGuard()
+    assert _handed_on(guard, P1, [51, 52]) == []
+    assert guard.start(P1, 51) is True  # seek to 51 again, or 51 and 52 are never applied
+    assert guard.start(P0, 71) is False  # nothing of P0 was dropped
+    assert _handed_on(guard, P1, [51, 52, 53]) == [51, 52, 53]
+    assert guard.start(P1, 51) is False  # a later seek with no drops: nothing to re-read
+    guard.forget()
+    assert _handed_on(guard, P1, [60]) == []
+    guard.forget()  # a rebalance also forgets the drops: its own seek re-reads them
+    assert guard.start(P1, 60) is False
