@@ -292,6 +292,22 @@ def test_sigkill_and_restart_lose_and_duplicate_nothing(
 ASSIGNED = "recsys_feature_assigned_partitions"
 
 
+def _start_named(
+    kafka: KafkaSettings, tmp_path: Path, name: str, workers: list[FeatureWorker]
+) -> FeatureWorker:
+    """One more worker of the group, with its own data folder, log and metrics port."""
+    port = free_port()
+    worker = FeatureWorker(
+        worker_env(kafka, tmp_path / f"faust-{name}", port), tmp_path / f"feature-{name}.log", port
+    )
+    workers.append(worker)
+    return worker
+
+
+def _applied(worker: FeatureWorker) -> float:
+    return worker.counter("processed") + worker.counter("duplicate")
+
+
 def test_partition_handover_brings_its_users_state(
     kafka: KafkaSettings, topics: Topics, tmp_path: Path, start_worker: list[FeatureWorker]
 ) -> None:
@@ -303,17 +319,7 @@ def test_partition_handover_brings_its_users_state(
     half = len(stream.messages) // 2
 
     def start(name: str) -> FeatureWorker:
-        port = free_port()
-        worker = FeatureWorker(
-            worker_env(kafka, tmp_path / f"faust-{name}", port),
-            tmp_path / f"feature-{name}.log",
-            port,
-        )
-        start_worker.append(worker)
-        return worker
-
-    def applied(worker: FeatureWorker) -> float:
-        return worker.counter("processed") + worker.counter("duplicate")
+        return _start_named(kafka, tmp_path, name, start_worker)
 
     reader = TopicReader(kafka, [topics.user_sequences])
     sequences = LatestSequences(reader)
@@ -321,11 +327,11 @@ def test_partition_handover_brings_its_users_state(
         first = start("a")
         publish(kafka, topics.interactions, stream.messages[:half])
         deadline = time.monotonic() + 90
-        while applied(first) < half:
+        while _applied(first) < half:
             assert first.process.poll() is None, f"worker exited:\n{first.log_tail()}"
             assert time.monotonic() < deadline, f"first worker stalled:\n{first.log_tail()}"
             time.sleep(0.2)
-        applied_alone = applied(first)
+        applied_alone = _applied(first)
 
         second = start("b")  # the group splits the two partitions between the workers
         deadline = time.monotonic() + 90
@@ -350,7 +356,7 @@ def test_partition_handover_brings_its_users_state(
     assert not sequences.duplicated, sequences.duplicated[:10]
     # Both workers took part after the split: the moved partition's users were served by
     # the worker that recovered them, and the other's by the worker that kept them.
-    assert applied(second) > 0 and applied(first) > applied_alone
+    assert _applied(second) > 0 and _applied(first) > applied_alone
 
 
 def test_rebalances_mid_stream_lose_nothing(
@@ -371,14 +377,7 @@ def test_rebalances_mid_stream_lose_nothing(
             time.sleep(0.6)
 
     def start(name: str) -> FeatureWorker:
-        port = free_port()
-        env = worker_env(kafka, tmp_path / f"faust-{name}", port)
-        worker = FeatureWorker(env, tmp_path / f"feature-{name}.log", port)
-        start_worker.append(worker)
-        return worker
-
-    def applied(worker: FeatureWorker) -> float:
-        return worker.counter("processed") + worker.counter("duplicate")
+        return _start_named(kafka, tmp_path, name, start_worker)
 
     publisher = threading.Thread(target=publish_steadily, daemon=True)
     reader = TopicReader(kafka, [topics.user_sequences])
@@ -387,12 +386,12 @@ def test_rebalances_mid_stream_lose_nothing(
         first = start("a")
         publisher.start()
         deadline = time.monotonic() + 90
-        while applied(first) < 300:
+        while _applied(first) < 300:
             assert first.process.poll() is None, f"worker exited:\n{first.log_tail()}"
             assert time.monotonic() < deadline, f"first worker stalled:\n{first.log_tail()}"
             reader.poll(0.1)
         second = start("b")
-        while applied(second) < 100:  # it has joined and owns a partition
+        while _applied(second) < 100:  # it has joined and owns a partition
             assert second.process.poll() is None, f"worker exited:\n{second.log_tail()}"
             assert publisher.is_alive(), "the stream ended before the second worker joined"
             assert time.monotonic() < deadline, f"second worker idle:\n{second.log_tail()}"
