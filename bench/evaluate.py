@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,45 +147,99 @@ def _plot(curves: dict[str, list[float]]) -> str:
     return f"plotted to {PLOT.relative_to(ROOT)}"
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One training run: a model row of the main table, or a model of the cold-start table."""
+
+    name: str
+    config: ContrastiveConfig
+    cold: bool = False
+    parity: bool = False  # export the user tower and check ONNX against torch
+
+
+def _load() -> tuple[InteractionData, np.ndarray, float]:
+    ml = movielens.load()
+    data = InteractionData.from_events(ml.interactions, [item.item_id for item in ml.items])
+    started = time.perf_counter()
+    text = _text_vectors(ml.items)
+    return data, text, time.perf_counter() - started
+
+
+def _cold(data: InteractionData) -> tuple[InteractionData, InteractionData, int, int]:
+    """The cold-start training data, its test data, and how many cold items and cases."""
+    cold = cold_start_split(data.split, fraction=0.1, seed=0)
+    cold_test = data.with_split(cold.cold_test_split())
+    return data.with_split(cold.split), cold_test, len(cold.cold_items), len(cold.cold_users())
+
+
+def _run_job(job: _Job, threads: int, progress: bool) -> dict[str, Any]:
+    """Train one job (in a worker process) and score it; returns plain data only."""
+    torch.set_num_threads(threads)
+    data, text, _ = _load()
+    if job.cold:
+        train_data, test_data, _, _ = _cold(data)
+        result = train(job.config, train_data, text, progress=progress, desc=f"cold {job.name}")
+        scorer = TowerScorer(test_data, result.user_tower, result.item_vectors, job.config.max_len)
+        scores = _scores(scorer.score_fn("test"), test_data.split)
+        return {"model": job.name, **scores, "train_seconds": round(result.train_seconds, 1)}
+    result = train(job.config, data, text, progress=progress, desc=job.name)
+    row = _model_row(job.name, result, data)
+    row["curve"] = result.curve()
+    if job.parity:
+        row["parity"] = _onnx_parity(result, data)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few epochs, no ablations")
     parser.add_argument("--no-ablations", action="store_true")
     parser.add_argument("--no-cold-start", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="in all")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="trainings at once (default: one per 1 thread)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    jobs = max(1, args.jobs or args.threads)
+    threads_per_job = max(1, args.threads // jobs)
     overrides: dict[str, Any] = {"max_epochs": 3} if args.quick else {}
     full = FULL.model_copy(update=overrides)
     baseline = BASELINE.model_copy(update=overrides)
-    progress = sys.stderr.isatty()
+    progress = sys.stderr.isatty() and jobs == 1
 
-    ml = movielens.load()
-    item_ids = [item.item_id for item in ml.items]
-    data = InteractionData.from_events(ml.interactions, item_ids)
-    started = time.perf_counter()
-    text = _text_vectors(ml.items)
-    text_seconds = time.perf_counter() - started
+    data, text, text_seconds = _load()
     print(
         f"MovieLens-100K: {data.split.n_users} users, {data.split.n_items} items, "
-        f"{len(ml.interactions)} interactions; text vectors {text.shape} in {text_seconds:.1f}s"
+        f"{len(data.event_types)} interactions; text vectors {text.shape} in {text_seconds:.1f}s"
     )
+    print(f"{jobs} training job(s) at a time, {threads_per_job} torch thread(s) each", flush=True)
 
-    rows: list[dict[str, Any]] = [
-        {"model": "most popular", **_scores(popularity_scorer(data), data.split)}
+    main_jobs = [
+        _Job("SASRec (ID only)", baseline),
+        _Job("full model", full, parity=True),
     ]
-    results: dict[str, TrainResult] = {}
-    cold_rows: list[dict[str, Any]] = []
+    if not (args.quick or args.no_ablations):
+        main_jobs += [_Job(name, full.model_copy(update=c)) for name, c in ABLATIONS.items()]
+    cold_jobs = []
+    if not args.no_cold_start:
+        cold_jobs = [
+            _Job("SASRec (ID only)", baseline, cold=True),
+            _Job("full model", full, cold=True),
+        ]
+
+    popular_row = {"model": "most popular", **_scores(popularity_scorer(data), data.split)}
+    done: dict[tuple[str, bool], dict[str, Any]] = {}
     report: dict[str, Any] = {
         "dataset": "MovieLens-100K (leave-one-out by time, full ranking over all items)",
         "protocol": "test stage; masked excludes the user's earlier items",
         "complete": False,
-        "rows": rows,
-        "cold_start": cold_rows,
+        "rows": [popular_row],
+        "cold_start": [],
         "text_encoding_seconds": round(text_seconds, 1),
         "machine": {
-            "cpu_threads": torch.get_num_threads(),
+            "cpu_threads": args.threads,
+            "training_jobs_at_once": jobs,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -190,75 +247,75 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
     }
 
-    def save() -> None:  # after every row, so an interrupted run still leaves its figures
+    def save() -> None:  # after every run, so an interrupted run still leaves its figures
+        rows = [popular_row]
+        for job in main_jobs:
+            row = done.get((job.name, False))
+            if row is not None:
+                rows.append({k: v for k, v in row.items() if k not in ("curve", "parity")})
+        report["rows"] = rows
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    def run(name: str, config: ContrastiveConfig) -> None:
-        result = train(config, data, text, progress=progress, desc=name)
-        results[name] = result
-        rows.append(_model_row(name, result, data))
-        row = rows[-1]
-        print(
-            f"{name}: masked ndcg@10 {row['masked']['ndcg@10']:.4f}, unmasked "
-            f"{row['unmasked']['ndcg@10']:.4f}, valid {result.best_valid:.4f}, best epoch "
-            f"{result.best_epoch}/{len(result.history)}, {result.train_seconds:.0f}s",
-            flush=True,
-        )
-        save()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        pending = {
+            pool.submit(_run_job, job, threads_per_job, progress): job
+            for job in (*main_jobs[:2], *cold_jobs, *main_jobs[2:])
+        }
+        for future in as_completed(pending):
+            job = pending[future]
+            row = future.result()
+            done[(job.name, job.cold)] = row
+            if job.cold:
+                print(f"cold start, {job.name}: trained in {row['train_seconds']:.0f}s", flush=True)
+            else:
+                print(
+                    f"{job.name}: masked ndcg@10 {row['masked']['ndcg@10']:.4f}, unmasked "
+                    f"{row['unmasked']['ndcg@10']:.4f}, valid {row['valid_masked_ndcg@10']:.4f}, "
+                    f"best epoch {row['best_epoch']}/{row['epochs']}, {row['train_seconds']:.0f}s",
+                    flush=True,
+                )
+            save()
 
-    run("SASRec (ID only)", baseline)
-    run("full model", full)
-    base_ndcg = rows[1]["masked"]["ndcg@10"]
-    full_ndcg = rows[2]["masked"]["ndcg@10"]
+    base, full_row = done[("SASRec (ID only)", False)], done[("full model", False)]
+    base_ndcg, full_ndcg = base["masked"]["ndcg@10"], full_row["masked"]["ndcg@10"]
     gain = full_ndcg / base_ndcg - 1 if base_ndcg > 0 else float("inf")
     print(f"\nfull vs ID-only SASRec, masked test NDCG@10: {gain:+.1%}")
-    curves = {name: results[name].curve() for name in ("SASRec (ID only)", "full model")}
+    curves = {"SASRec (ID only)": base["curve"], "full model": full_row["curve"]}
     report["full_vs_sasrec_masked_ndcg@10_gain"] = gain
-    report["train_seconds"] = round(results["full model"].train_seconds, 1)
+    report["train_seconds"] = full_row["train_seconds"]
     report["validation_ndcg@10_per_epoch"] = curves
     report["plot"] = _plot(curves)
     print(report["plot"])
-    parity = _onnx_parity(results["full model"], data)
-    report["onnx_parity_max_abs_diff"] = parity
-    print(f"ONNX user tower vs torch, max abs difference: {parity}")
-    save()
+    report["onnx_parity_max_abs_diff"] = full_row["parity"]
+    print(f"ONNX user tower vs torch, max abs difference: {full_row['parity']}")
 
-    if not args.no_cold_start:
-        cold = cold_start_split(data.split, fraction=0.1, seed=0)
-        cold_data = data.with_split(cold.split)
-        cold_test = data.with_split(cold.cold_test_split())
-        print(
-            f"\ncold start: {len(cold.cold_items)} cold items, "
-            f"{len(cold.cold_users())} test cases with a cold target"
-        )
-        scorers: list[tuple[str, ScoreFn, float | None]] = [
-            ("most popular", popularity_scorer(cold_data), None)
+    if cold_jobs:
+        cold_data, cold_test, n_cold_items, n_cases = _cold(data)
+        print(f"\ncold start: {n_cold_items} cold items, {n_cases} test cases with a cold target")
+        popular_cold = _scores(popularity_scorer(cold_data), cold_test.split)
+        cold_rows: list[dict[str, Any]] = [
+            {"model": "most popular", **popular_cold, "train_seconds": None},
+            done[("SASRec (ID only)", True)],
+            done[("full model", True)],
         ]
-        for name, config in (("SASRec (ID only)", baseline), ("full model", full)):
-            result = train(config, cold_data, text, progress=progress, desc=f"cold {name}")
-            scorer = TowerScorer(cold_test, result.user_tower, result.item_vectors, config.max_len)
-            scorers.append((name, scorer.score_fn("test"), result.train_seconds))
-        for name, score_fn, seconds in scorers:
-            scores = _scores(score_fn, cold_test.split)
-            cold_rows.append({"model": name, **scores, "train_seconds": seconds})
+        for row in cold_rows:
             print(
-                f"{name:20s} recall@10 {scores['masked']['recall@10']:.4f}  recall@20 "
-                f"{scores['masked']['recall@20']:.4f}  ndcg@10 {scores['masked']['ndcg@10']:.4f}"
+                f"{row['model']:20s} recall@10 {row['masked']['recall@10']:.4f}  recall@20 "
+                f"{row['masked']['recall@20']:.4f}  ndcg@10 {row['masked']['ndcg@10']:.4f}"
                 " (masked)"
             )
         base_recall = cold_rows[1]["masked"]["recall@20"]
         full_recall = cold_rows[2]["masked"]["recall@20"]
         ratio = full_recall / base_recall if base_recall > 0 else None  # JSON has no inf
+        report["cold_start"] = cold_rows
         report["cold_start_recall@20_ratio"] = ratio
         shown = "n/a (ID-only recall is 0)" if ratio is None else f"{ratio:.1f}x"
         print(f"cold-start recall@20, full / ID-only: {shown}")
-        save()
 
-    if not (args.quick or args.no_ablations):
-        for name, changes in ABLATIONS.items():
-            run(name, full.model_copy(update=changes))
-    _print_table(rows)
+    save()
+    _print_table(report["rows"])
     report["complete"] = True
     save()
     print(f"wrote {args.out}")

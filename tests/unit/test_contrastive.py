@@ -300,3 +300,38 @@ def test_items_without_training_interactions_are_never_negatives(max_full: int) 
     assert items.grad is not None
     assert torch.all(items.grad[15:] == 0)
     assert torch.any(items.grad[6:15] != 0)
+
+
+@pytest.mark.parametrize("stride", [None, 3, 5, 8])
+def test_overlapping_windows_train_every_target_once(stride: int | None) -> None:
+    data, _ = _synthetic(length=30)
+    config = SMALL.model_copy(update={"window_stride": stride, "use_reward_weights": False})
+    least_context = config.max_len - (stride or config.max_len) + 1
+    windows = iter(_windows(data, config))  # per user, newest window first
+    for user in range(data.split.n_users):
+        history = list(data.split.history(user, "valid"))
+        targets: list[int] = []
+        while len(targets) < len(history) - 1:
+            window = next(windows)
+            assert len(window.inputs) <= config.max_len
+            trained = window.weights > 0
+            targets = list(window.targets[trained]) + targets
+            if len(targets) < len(history) - 1:  # not the user's first window
+                first_trained = int(np.argmax(trained))
+                assert first_trained + 1 >= least_context
+        assert targets == history[1:]  # each target exactly once, in order
+    assert next(windows, None) is None
+    if stride is not None and stride < config.max_len:
+        assert len(_windows(data, config)) > len(_windows(data, SMALL))
+
+
+def test_weight_average_is_what_training_keeps_and_is_deterministic() -> None:
+    data, text = _synthetic()
+    config = SMALL.model_copy(update={"max_epochs": 3, "patience": 5, "ema_decay": 0.9})
+    first = train(config, data, text, progress=False)
+    second = train(config, data, text, progress=False)
+    assert np.array_equal(first.item_vectors, second.item_vectors)
+    raw = train(config.model_copy(update={"ema_decay": 0.0}), data, text, progress=False)
+    # same steps, same data order: only the averaging differs
+    assert [h.loss for h in first.history] == [h.loss for h in raw.history]
+    assert not np.array_equal(first.item_vectors, raw.item_vectors)

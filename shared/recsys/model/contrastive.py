@@ -51,6 +51,12 @@ class ContrastiveConfig(BaseModel):
     # architecture
     dim: int = Field(64, ge=4, description="width of the shared item/user space")
     max_len: int = Field(50, ge=2, le=4096, description="recent interactions per user")
+    window_stride: int | None = Field(
+        None,
+        ge=1,
+        description="new targets per training window; below max_len windows overlap, so "
+        "each target is trained once with at least max_len - stride items of context",
+    )
     n_layers: int = Field(2, ge=1, le=12)
     n_heads: int = Field(1, ge=1, le=16)
     ffn_mult: int = Field(4, ge=1, le=8, description="feed-forward width / dim")
@@ -61,6 +67,9 @@ class ContrastiveConfig(BaseModel):
     id_dropout: float = Field(0.2, ge=0.0, le=1.0, description="P(an item loses its ID part)")
     id_init_std: float = Field(0.02, gt=0.0, description="ID embedding init beside text")
     text_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout on the text vector")
+    text_hidden: int = Field(
+        0, ge=0, description="hidden width of an MLP projection of the text (0: linear)"
+    )
     # objective
     temperature: float = Field(0.05, gt=0.0, description="softmax temperature on cosines")
     full_softmax_max_items: int = Field(
@@ -85,6 +94,13 @@ class ContrastiveConfig(BaseModel):
     # optimisation
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    ema_decay: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="exponential moving average of the weights per step, evaluated and "
+        "kept instead of the raw weights (0: off); smooths the epoch-to-epoch noise",
+    )
     batch_size: int = Field(128, ge=1)
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1, description="epochs without validation gain before stop")
@@ -149,9 +165,13 @@ class ItemTower(nn.Module):
             if text_vectors.shape[0] != n_items:
                 raise ValueError(f"{text_vectors.shape[0]} text vectors for {n_items} items")
             self.register_buffer("text", text_vectors.detach().float().clone())
-            self.projection: nn.Module = nn.Sequential(
-                nn.Dropout(config.text_dropout), nn.Linear(text_vectors.shape[1], config.dim)
-            )
+            text_dim = text_vectors.shape[1]
+            layers: list[nn.Module] = [nn.Dropout(config.text_dropout)]
+            if config.text_hidden:
+                layers += [nn.Linear(text_dim, config.text_hidden), nn.GELU()]
+                text_dim = config.text_hidden
+            layers.append(nn.Linear(text_dim, config.dim))
+            self.projection: nn.Module = nn.Sequential(*layers)
         else:
             self.register_buffer("text", torch.zeros(n_items, 0))
             self.projection = nn.Identity()

@@ -94,6 +94,7 @@ def _windows(data: InteractionData, config: ContrastiveConfig) -> list[_Window]:
     """Training examples: each user's training sequence cut, from its end, into windows of
     ``max_len`` inputs whose targets are the next items (every interaction is a target once)."""
     windows: list[_Window] = []
+    stride = min(config.window_stride or config.max_len, config.max_len)
     for user in range(data.split.n_users):
         positions = data.split.history_positions(user, "valid")
         items = data.split.history(user, "valid")
@@ -107,15 +108,20 @@ def _windows(data: InteractionData, config: ContrastiveConfig) -> list[_Window]:
         end = len(items)
         while end > 1:
             start = max(0, end - 1 - config.max_len)
+            # the window trains its last `stride` targets (all of them at the user's start);
+            # earlier targets belong to the previous window, which gives them more context
+            first_new = start if start == 0 else max(start, end - 1 - stride)
+            target_weights = weights[start + 1 : end].copy()
+            target_weights[: first_new - start] = 0.0
             windows.append(
                 _Window(
                     inputs=items[start : end - 1],
                     input_types=types[start : end - 1],
                     targets=items[start + 1 : end],
-                    weights=weights[start + 1 : end],
+                    weights=target_weights,
                 )
             )
-            end = start + 1
+            end = first_new + 1
     return windows
 
 
@@ -259,6 +265,7 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
+    averaged = _WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     windows = _windows(data, config)
     if not windows:
         raise ValueError("no user has two training interactions")
@@ -283,6 +290,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             losses[0].backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            if averaged is not None:
+                averaged.update(model)
             totals += [float(x.detach()) for x in losses]
             n_batches += 1
         mean = totals / max(n_batches, 1)
@@ -294,8 +303,9 @@ def train(
             seconds=0.0,
         )
         if epoch % config.eval_every == 0 or epoch == config.max_epochs:
-            item_vectors = _item_vectors(model)
-            scorer = TowerScorer(data, model.user, item_vectors, config.max_len, device)
+            judged = model if averaged is None else averaged.model
+            item_vectors = _item_vectors(judged)
+            scorer = TowerScorer(data, judged.user, item_vectors, config.max_len, device)
             results = evaluate(scorer.score_fn("valid"), split, "valid", ks=(10,))
             entry.valid = {
                 f"{mode}_{name}": value
@@ -306,7 +316,7 @@ def train(
             current = results[VALID_MODE][VALID_METRIC]
             if current > best_valid:
                 best_valid, best_epoch, since_best = current, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(judged.state_dict())
             else:
                 since_best += config.eval_every
         entry.seconds = time.perf_counter() - epoch_start
@@ -342,6 +352,27 @@ def train(
         train_seconds=time.perf_counter() - started,
         stopped_early=stopped_early,
     )
+
+
+class _WeightAverage:
+    """An exponential moving average of a model's floating-point weights (and buffers)."""
+
+    def __init__(self, model: ContrastiveRecommender, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model)
+        self.model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: ContrastiveRecommender) -> None:
+        for mine, theirs in zip(
+            self.model.state_dict().values(), model.state_dict().values(), strict=True
+        ):
+            if mine.dtype.is_floating_point:
+                mine.lerp_(theirs, 1.0 - self.decay)
+            else:
+                mine.copy_(theirs)
 
 
 def _batches(
@@ -392,7 +423,8 @@ def _step(
     targets_t = torch.from_numpy(targets).to(device)
     item_vectors = model.items()
     hidden = model.hidden(item_vectors, inputs_t, types_t)
-    valid = targets_t != pad
+    weights_t = torch.from_numpy(weights).to(device)
+    valid = (targets_t != pad) & (weights_t > 0)  # weight 0: trained in another window
     seen = None
     if config.mask_history_in_loss and item_vectors.shape[0] <= config.full_softmax_max_items:
         # first position of each item in each row; item i is "seen" at t if first <= t
@@ -401,7 +433,7 @@ def _step(
         first = first.scatter_reduce(1, inputs_t, steps, reduce="amin")
         rows, cols = valid.nonzero(as_tuple=True)
         seen = first[rows][:, :pad] <= cols.unsqueeze(1)
-    weight_t = torch.from_numpy(weights).to(device)[valid] if config.use_reward_weights else None
+    weight_t = weights_t[valid] if config.use_reward_weights else None
     main = next_item_loss(
         config,
         hidden[valid],
