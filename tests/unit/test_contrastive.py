@@ -335,3 +335,17 @@ def test_weight_average_is_what_training_keeps_and_is_deterministic() -> None:
     # same steps, same data order: only the averaging differs
     assert [h.loss for h in first.history] == [h.loss for h in raw.history]
     assert not np.array_equal(first.item_vectors, raw.item_vectors)
+
+
+def test_serving_path_computes_only_the_last_position_with_the_same_result() -> None:
+    torch.manual_seed(0)
+    tower = UserTower(SMALL).eval()
+    vectors, types = _inputs(6, SMALL.max_len, SMALL.dim, pad=3)
+    with torch.no_grad():
+        every_position = tower.encode_all(vectors, types)
+        last_only = tower.encode_all(vectors, types, last_only=True)
+        user = tower(vectors, types)
+    assert last_only.shape == (6, 1, SMALL.dim)
+    torch.testing.assert_close(last_only[:, 0], every_position[:, -1], atol=1e-5, rtol=1e-5)
+    expected = torch.nn.functional.normalize(every_position[:, -1], dim=-1)
+    torch.testing.assert_close(user, expected, atol=1e-5, rtol=1e-5)

@@ -225,19 +225,26 @@ class _Block(nn.Module):
         )
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
+    def forward(
+        self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False
+    ) -> torch.Tensor:
+        """[B, L, D] -> [B, L, D]; with ``last_only``, [B, 1, D]: the last position alone
+        (keys and values still come from every position), which is all a user vector needs.
+        """
+        batch, _, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        if last_only:
+            q, x, allowed = q[:, -1:], x[:, -1:], allowed[:, -1:]
 
         def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+            return t.reshape(batch, t.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
 
         scores = heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(self.head_dim)
         scores = scores.masked_fill(~allowed.unsqueeze(1), _NEG)
         # no dropout on the [B, H, L, L] attention map: on CPU its random draws cost more
         # than the rest of the block; dropout sits on the residual branches instead
         attention = torch.softmax(scores, dim=-1)
-        mixed = (attention @ heads(v)).transpose(1, 2).reshape(batch, length, dim)
+        mixed = (attention @ heads(v)).transpose(1, 2).reshape(batch, q.shape[1], dim)
         x = x + self.resid_dropout(self.out(mixed))
         result: torch.Tensor = x + self.resid_dropout(self.ffn(self.norm2(x)))
         return result
@@ -267,8 +274,11 @@ class UserTower(nn.Module):
         )
         self.norm = nn.LayerNorm(config.dim)
 
-    def encode_all(self, item_vectors: torch.Tensor, event_types: torch.Tensor) -> torch.Tensor:
-        """Hidden state at every position, float32 [B, L, D] (not normalised)."""
+    def encode_all(
+        self, item_vectors: torch.Tensor, event_types: torch.Tensor, last_only: bool = False
+    ) -> torch.Tensor:
+        """Hidden state at every position, float32 [B, L, D] (not normalised); with
+        ``last_only``, [B, 1, D]: the last layer computes the last position alone."""
         length = item_vectors.shape[1]
         valid = (event_types > PADDING_EVENT_TYPE) & (event_types < N_EVENT_TYPES)
         types = torch.where(valid, event_types, torch.zeros_like(event_types))
@@ -283,13 +293,14 @@ class UserTower(nn.Module):
         causal = index.unsqueeze(1) >= index.unsqueeze(0)  # [L, L]: query i sees key j <= i
         eye = index.unsqueeze(1) == index.unsqueeze(0)
         allowed = causal.unsqueeze(0) & (valid.unsqueeze(1) | eye.unsqueeze(0))  # [B, L, L]
-        for block in self.blocks:
-            x = block(x, allowed)
+        for index, block in enumerate(self.blocks):
+            x = block(x, allowed, last_only=last_only and index == len(self.blocks) - 1)
         hidden: torch.Tensor = self.norm(x)
         return hidden
 
     def forward(self, item_vectors: torch.Tensor, event_types: torch.Tensor) -> torch.Tensor:
-        last = self.encode_all(item_vectors, event_types)[:, -1]
+        # serving and evaluation need the last position only: the last layer skips the rest
+        last = self.encode_all(item_vectors, event_types, last_only=True)[:, -1]
         has_any = (event_types > PADDING_EVENT_TYPE).any(dim=1, keepdim=True).to(last.dtype)
         user_vector: torch.Tensor = F.normalize(last, dim=-1, eps=_EPS) * has_any
         return user_vector
