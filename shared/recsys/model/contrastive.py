@@ -293,8 +293,8 @@ class UserTower(nn.Module):
         causal = index.unsqueeze(1) >= index.unsqueeze(0)  # [L, L]: query i sees key j <= i
         eye = index.unsqueeze(1) == index.unsqueeze(0)
         allowed = causal.unsqueeze(0) & (valid.unsqueeze(1) | eye.unsqueeze(0))  # [B, L, L]
-        for index, block in enumerate(self.blocks):
-            x = block(x, allowed, last_only=last_only and index == len(self.blocks) - 1)
+        for depth, block in enumerate(self.blocks, start=1):
+            x = block(x, allowed, last_only=last_only and depth == len(self.blocks))
         hidden: torch.Tensor = self.norm(x)
         return hidden
 
