@@ -9,8 +9,12 @@ the items lose every interaction from training, and the test cases whose target 
 of them are scored. The user tower of the full model is exported to ONNX and checked
 against torch. Results go to ``bench/results/model-quality.json``.
 
-    .venv/bin/python bench/evaluate.py            # everything (about 40 min on 2 shared cores)
+    .venv/bin/python bench/evaluate.py            # everything: about 40 min on 2 cores
     .venv/bin/python bench/evaluate.py --quick    # fewer epochs, no ablations (a smoke run)
+
+Trainings run in worker processes, one per core by default (``--jobs``), one torch
+thread each: on 2 cores two single-threaded trainings finish sooner than one after the
+other with two threads each.
 """
 
 from __future__ import annotations
@@ -58,14 +62,19 @@ METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "coverage@1
 # on 2 shared CPU cores.
 FULL = ContrastiveConfig(time_budget_s=540.0)
 # The baseline: the same transformer code minus text, contrastive term and reward weights,
-# with its own max_len / lr / dropout chosen on validation NDCG@10 like the full model's.
-BASELINE = id_only(FULL, temperature=0.07, mask_history_in_loss=True)
+# with its own temperature, loss masking, weight average and batch size chosen on
+# validation NDCG@10 from the same grid as the full model's.
+BASELINE = id_only(
+    FULL, temperature=0.07, mask_history_in_loss=True, ema_decay=0.95, batch_size=128
+)
 ABLATIONS: dict[str, dict[str, Any]] = {
     "full + contrastive term (weight 0.1)": {"use_contrastive": True, "contrastive_weight": 0.1},
     "full - text (ID only, full's settings)": {"use_text": False},
     "full - ID embedding (text only)": {"use_id": False},
     "full - reward weights": {"use_reward_weights": False},
     "full - ID dropout": {"id_dropout": 0.0},
+    "full - overlapping windows": {"window_stride": None},
+    "full - weight average": {"ema_decay": 0.0},
 }
 
 

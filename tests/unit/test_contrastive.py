@@ -349,3 +349,19 @@ def test_serving_path_computes_only_the_last_position_with_the_same_result() -> 
     torch.testing.assert_close(last_only[:, 0], every_position[:, -1], atol=1e-5, rtol=1e-5)
     expected = torch.nn.functional.normalize(every_position[:, -1], dim=-1)
     torch.testing.assert_close(user, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_weight_average_ramps_its_decay_up_so_it_follows_early_training() -> None:
+    from recsys.model.training import _WeightAverage
+
+    model = ContrastiveRecommender(id_only(SMALL), 10)
+    average = _WeightAverage(model, decay=0.99)
+    start = model.user.norm.weight.detach().clone()
+    with torch.no_grad():
+        model.user.norm.weight.add_(1.0)
+    average.update(model)  # first update: decay 1/10, so 90% of the way to the model
+    torch.testing.assert_close(average.model.user.norm.weight, start + 0.9)
+    for _ in range(5000):
+        average.update(model)
+    assert average.decay == 0.99 and average.updates == 5001
+    torch.testing.assert_close(average.model.user.norm.weight, model.user.norm.weight)

@@ -51,8 +51,10 @@ class ContrastiveConfig(BaseModel):
     # architecture
     dim: int = Field(64, ge=4, description="width of the shared item/user space")
     max_len: int = Field(50, ge=2, le=4096, description="recent interactions per user")
+    # 25 (windows overlap by half): +7% validation NDCG@10 on MovieLens-100K for the full
+    # model and the ID-only baseline alike; see docs/model-quality.md
     window_stride: int | None = Field(
-        None,
+        25,
         ge=1,
         description="new targets per training window; below max_len windows overlap, so "
         "each target is trained once with at least max_len - stride items of context",
@@ -95,13 +97,13 @@ class ContrastiveConfig(BaseModel):
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     ema_decay: float = Field(
-        0.0,
+        0.99,
         ge=0.0,
         lt=1.0,
         description="exponential moving average of the weights per step, evaluated and "
         "kept instead of the raw weights (0: off); smooths the epoch-to-epoch noise",
     )
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(64, ge=1)
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1, description="epochs without validation gain before stop")
     min_epochs: int = Field(1, ge=1)

@@ -355,10 +355,16 @@ def train(
 
 
 class _WeightAverage:
-    """An exponential moving average of a model's floating-point weights (and buffers)."""
+    """An exponential moving average of a model's floating-point weights (and buffers).
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, as in
+    TensorFlow's ExponentialMovingAverage, so the average of a small catalogue (a few
+    steps per epoch) does not trail far behind its model.
+    """
 
     def __init__(self, model: ContrastiveRecommender, decay: float) -> None:
         self.decay = decay
+        self.updates = 0
         self.model = copy.deepcopy(model)
         self.model.eval()
         for parameter in self.model.parameters():
@@ -366,11 +372,13 @@ class _WeightAverage:
 
     @torch.no_grad()
     def update(self, model: ContrastiveRecommender) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
         for mine, theirs in zip(
             self.model.state_dict().values(), model.state_dict().values(), strict=True
         ):
             if mine.dtype.is_floating_point:
-                mine.lerp_(theirs, 1.0 - self.decay)
+                mine.lerp_(theirs, 1.0 - decay)
             else:
                 mine.copy_(theirs)
 
