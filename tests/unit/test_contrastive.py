@@ -359,9 +359,9 @@ def test_weight_average_ramps_its_decay_up_so_it_follows_early_training() -> Non
     start = model.user.norm.weight.detach().clone()
     with torch.no_grad():
         model.user.norm.weight.add_(1.0)
-    average.update(model)  # first update: decay 1/10, so 90% of the way to the model
+    average.update()  # first update: decay 1/10, so 90% of the way to the model
     torch.testing.assert_close(average.model.user.norm.weight, start + 0.9)
     for _ in range(5000):
-        average.update(model)
+        average.update()
     assert average.decay == 0.99 and average.updates == 5001
     torch.testing.assert_close(average.model.user.norm.weight, model.user.norm.weight)

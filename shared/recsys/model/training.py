@@ -110,7 +110,7 @@ def _windows(data: InteractionData, config: ContrastiveConfig) -> list[_Window]:
             start = max(0, end - 1 - config.max_len)
             # the window trains its last `stride` targets (all of them at the user's start);
             # earlier targets belong to the previous window, which gives them more context
-            first_new = start if start == 0 else max(start, end - 1 - stride)
+            first_new = 0 if start == 0 else end - 1 - stride  # stride <= max_len
             target_weights = weights[start + 1 : end].copy()
             target_weights[: first_new - start] = 0.0
             windows.append(
@@ -291,7 +291,7 @@ def train(
             losses[0].backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             if averaged is not None:
-                averaged.update(model)
+                averaged.update()
             totals += [float(x.detach()) for x in losses]
             n_batches += 1
         mean = totals / max(n_batches, 1)
@@ -369,18 +369,22 @@ class _WeightAverage:
         self.model.eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
+        # paired once: the optimiser updates the followed tensors in place
+        pairs = list(
+            zip(self.model.state_dict().values(), model.state_dict().values(), strict=True)
+        )
+        self._floats = [pair for pair in pairs if pair[0].dtype.is_floating_point]
+        self._others = [pair for pair in pairs if not pair[0].dtype.is_floating_point]
 
     @torch.no_grad()
-    def update(self, model: ContrastiveRecommender) -> None:
+    def update(self) -> None:
+        """One step of the average towards the followed model's current weights."""
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         self.updates += 1
-        for mine, theirs in zip(
-            self.model.state_dict().values(), model.state_dict().values(), strict=True
-        ):
-            if mine.dtype.is_floating_point:
-                mine.lerp_(theirs, 1.0 - decay)
-            else:
-                mine.copy_(theirs)
+        for mine, theirs in self._floats:
+            mine.lerp_(theirs, 1.0 - decay)
+        for mine, theirs in self._others:
+            mine.copy_(theirs)
 
 
 def _batches(
