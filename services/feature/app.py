@@ -32,7 +32,6 @@ from recsys.kafka import (
 )
 from recsys.settings import KafkaSettings
 from recsys.topics import Topics
-from services.feature.contiguous import use_contiguous_consumer
 from services.feature.durable_table import add_durable_table
 from services.feature.sequence import (
     UserState,
@@ -42,6 +41,7 @@ from services.feature.sequence import (
     encode_user_sequence,
 )
 from services.feature.settings import FeatureSettings
+from services.feature.transport import use_feature_transport
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,9 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
         value_serializer="raw",
     )
     # Every partition's events reach the agent in offset order, none skipped, across
-    # rebalances (faust alone can skip prefetched ones: see contiguous.py).
-    use_contiguous_consumer(app)
+    # rebalances (faust alone can skip prefetched ones: see contiguous.py), and fetches
+    # wait no longer than the Kafka settings say (see transport.py).
+    use_feature_transport(app, kafka.fetch_max_wait_ms)
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,

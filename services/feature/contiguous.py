@@ -30,7 +30,7 @@ a committed offset was acknowledged, and only applied events are acknowledged, i
 faust's own read-offset check and gap bookkeeping are switched off for these topics: with
 the records contiguous they have nothing to find, and after a seek they would misfire.
 
-Plugged in as the transport's consumer class (:func:`use_contiguous_consumer`), not
+Plugged in as the transport's consumer class (services/feature/transport.py), not
 patched into faust.
 """
 
@@ -42,7 +42,6 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import faust
 from aiokafka.errors import IllegalStateError  # type: ignore[import-untyped]
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
@@ -197,12 +196,3 @@ class ContiguousConsumer(faust_aiokafka.Consumer):
         # The fetcher's gaps come from its read offsets, which are off for guarded topics.
         if not self._guarded(tp):
             await super()._add_gap(tp, offset_from, offset_to)
-
-
-class ContiguousTransport(faust_aiokafka.Transport):
-    Consumer = ContiguousConsumer
-
-
-def use_contiguous_consumer(app: faust.App) -> None:
-    """Make ``app`` consume through :class:`ContiguousConsumer` (before it creates one)."""
-    app.transport = ContiguousTransport(app.conf.broker_consumer, app)
