@@ -246,7 +246,7 @@ def encode_movielens_users(artifacts_root: Path, version: str) -> UserSet:
     from recsys.artifacts import ArtifactStore
     from recsys.data import movielens
     from recsys.events import EVENT_TYPE_IDS
-    from recsys.model.onnx_runtime import OnnxUserEncoder, pad_left
+    from recsys.model.onnx_runtime import OnnxUserEncoder
 
     loaded = ArtifactStore(artifacts_root, MODEL_NAME).load(version)
     rows = {item_id: row for row, item_id in enumerate(loaded.item_ids)}
@@ -260,10 +260,9 @@ def encode_movielens_users(artifacts_root: Path, version: str) -> UserSet:
         recent = history[-encoder.max_len :]
         vectors = loaded.item_vectors[[rows[i] for i, _ in recent]]
         sequences.append((vectors, [EVENT_TYPE_IDS[t] for _, t in recent]))
-    item_vectors, event_types = pad_left(sequences, encoder.max_len, encoder.dim)
     return UserSet(
         ids=list(histories),
-        vectors=encoder.encode(item_vectors, event_types),
+        vectors=encoder.encode_sequences(sequences),
         seen=[[i for i, _ in history] for history in histories.values()],
     )
 

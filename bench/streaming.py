@@ -102,14 +102,18 @@ class VectorWatcher:
 
 
 def cpu_seconds(stack: LocalStack) -> dict[str, float]:
-    """User+system CPU seconds each service process has used so far (Linux /proc)."""
+    """User+system CPU seconds used so far by each service process, the broker and this
+    benchmark (which publishes the events and reads every vector back), from Linux /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
+    pids = {child.name: child.process.pid for child in stack.supervisor.children if child.process}
+    pids["broker"] = stack.broker.pid
+    pids["benchmark"] = os.getpid()
     used = {}
-    for child in stack.supervisor.children:
-        if child.process is None:
+    for name, pid in pids.items():
+        if pid is None:
             continue
-        fields = Path(f"/proc/{child.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        used[child.name] = (int(fields[11]) + int(fields[12])) / ticks
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used[name] = (int(fields[11]) + int(fields[12])) / ticks
     return used
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from recsys.artifacts import ArtifactStore
 from recsys.events import EVENT_TYPE_IDS, UserSequence
-from recsys.model.onnx_runtime import OnnxItemEncoder, OnnxUserEncoder, pad_left
+from recsys.model.onnx_runtime import OnnxItemEncoder, OnnxUserEncoder
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ class ServingModel:
                 encodable.append(sequence)
         if not inputs:
             return [], np.zeros((0, self.dim), dtype=np.float32)
-        item_vectors, event_types = pad_left(inputs, self.encoder.max_len, self.dim)
-        return encodable, self.encoder.encode(item_vectors, event_types)
+        return encodable, self.encoder.encode_sequences(inputs)
 
     def encode_interactions(
         self, entries: Sequence[tuple[str, str]]
@@ -98,5 +97,4 @@ class ServingModel:
         found = self._inputs(entries)
         if found is None:
             return None, 0
-        item_vectors, event_types = pad_left([found], self.encoder.max_len, self.dim)
-        return self.encoder.encode(item_vectors, event_types)[0], len(found[1])
+        return self.encoder.encode_sequences([found])[0], len(found[1])

@@ -34,7 +34,6 @@ from recsys.model.onnx_runtime import (
     TextItemEncoder,
     export_item_encoder,
     export_user_encoder,
-    pad_left,
 )
 from recsys.model.text_encoder import EmbeddingCache, TextEncoder
 from recsys.model.training import InteractionData, train
@@ -152,8 +151,7 @@ class OnnxScorer:
                     history = history[~self.unranked[codes[history]]]
                 history = history[-self.encoder.max_len :]
                 sequences.append((self.item_vectors[codes[history]], types[history]))
-            vectors, padded_types = pad_left(sequences, self.encoder.max_len, self.encoder.dim)
-            scores: np.ndarray = self.encoder.encode(vectors, padded_types) @ self.item_vectors.T
+            scores: np.ndarray = self.encoder.encode_sequences(sequences) @ self.item_vectors.T
             if self.unranked is not None:
                 scores[:, self.unranked] = -np.inf
             return scores

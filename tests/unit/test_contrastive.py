@@ -22,7 +22,7 @@ from recsys.model.contrastive import (
     next_item_loss,
     reward_weights,
 )
-from recsys.model.onnx_runtime import OnnxUserEncoder, export_user_encoder
+from recsys.model.onnx_runtime import OnnxUserEncoder, export_user_encoder, pad_left
 from recsys.model.training import (
     InteractionData,
     TowerScorer,
@@ -251,6 +251,34 @@ def test_onnx_export_matches_torch(tmp_path: Path, batch: int) -> None:
     got = encoder.encode(vectors.numpy(), types.numpy())
     assert got.shape == (batch, SMALL.dim)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_onnx_sequences_of_any_length_match_torch_at_full_padding(tmp_path: Path) -> None:
+    """The exported sequence axis is dynamic: a batch padded only to its longest member,
+    or bucketed by length, gives the vectors torch gives at ``max_len`` positions."""
+    torch.manual_seed(0)
+    tower = UserTower(SMALL).eval()
+    path = export_user_encoder(tower, tmp_path / "user.onnx", SMALL.max_len, SMALL.dim)
+    encoder = OnnxUserEncoder(path, prefer_cuda=False)
+    assert encoder.dynamic_length and encoder.max_len == SMALL.max_len
+    rng = np.random.default_rng(7)
+    lengths = [1, 2, 3, SMALL.max_len, SMALL.max_len + 4, 5, 1, 0]
+    sequences = [
+        (
+            rng.normal(size=(n, SMALL.dim)).astype(np.float32),
+            rng.integers(1, 5, size=n).tolist(),
+        )
+        for n in lengths
+    ]
+    full_vectors, full_types = pad_left(sequences, SMALL.max_len, SMALL.dim)
+    with torch.no_grad():
+        expected = tower(torch.from_numpy(full_vectors), torch.from_numpy(full_types)).numpy()
+    np.testing.assert_allclose(encoder.encode_sequences(sequences), expected, atol=1e-4)
+    short = [s for s, n in zip(sequences, lengths, strict=True) if 0 < n <= 3]
+    trimmed = encoder.encode(*pad_left(short, 3, SMALL.dim))
+    np.testing.assert_allclose(trimmed, expected[[0, 1, 2, 6]], atol=1e-4)
+    with pytest.raises(ValueError, match="item_vectors"):
+        encoder.encode(*pad_left(short, SMALL.max_len + 1, SMALL.dim))
 
 
 def test_model_learns_a_sequential_pattern_better_than_popularity() -> None:

@@ -13,12 +13,20 @@ from recsys.model.onnx_runtime import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     OnnxUserEncoder,
+    _export,
     choose_providers,
     export_user_encoder,
     pad_left,
 )
-from recsys.model.user_encoder import RecencyWeightedMean, type_weight_vector
+from recsys.model.user_encoder import (
+    INPUT_EVENT_TYPES,
+    INPUT_ITEM_VECTORS,
+    OUTPUT_USER_VECTOR,
+    RecencyWeightedMean,
+    type_weight_vector,
+)
 
+INPUT_NAMES = [INPUT_ITEM_VECTORS, INPUT_EVENT_TYPES]
 MAX_LEN = 12
 DIM = 16
 WEIGHTS = type_weight_vector(
@@ -101,6 +109,42 @@ def test_padding_neither_counts_nor_ages(module: RecencyWeightedMean) -> None:
     long_vectors, long_types = pad_left([(items, types)], MAX_LEN, DIM)
     long_vectors[0, :-3] = 1e6  # garbage under padding must not leak in
     np.testing.assert_allclose(torch_encode(module, long_vectors, long_types), short, atol=1e-6)
+
+
+def test_the_exported_sequence_axis_takes_any_length_up_to_max_len(
+    module: RecencyWeightedMean, session: OnnxUserEncoder
+) -> None:
+    rng = np.random.default_rng(1)
+    sequences = [
+        (rng.normal(size=(n, DIM)).astype(np.float32), rng.integers(1, 5, size=n).tolist())
+        for n in (1, 3, 4, MAX_LEN, 2)
+    ]
+    expected = torch_encode(module, *pad_left(sequences, MAX_LEN, DIM))
+    assert session.dynamic_length
+    np.testing.assert_allclose(session.encode_sequences(sequences), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        session.encode(*pad_left(sequences[:3], 4, DIM)), expected[:3], atol=1e-5
+    )
+
+
+def test_a_graph_fixed_at_max_len_still_serves(
+    module: RecencyWeightedMean, session: OnnxUserEncoder, tmp_path: Path
+) -> None:
+    """Versions exported before the sequence axis was dynamic keep working."""
+    examples = (torch.zeros(2, MAX_LEN, DIM), torch.ones(2, MAX_LEN, dtype=torch.int64))
+    path = _export(module, examples, tmp_path / "fixed.onnx", INPUT_NAMES, [OUTPUT_USER_VECTOR])
+    fixed = OnnxUserEncoder(path, prefer_cuda=False)
+    assert not fixed.dynamic_length and fixed.max_len == MAX_LEN
+    rng = np.random.default_rng(2)
+    sequences = [
+        (rng.normal(size=(n, DIM)).astype(np.float32), rng.integers(1, 5, size=n).tolist())
+        for n in (1, 5)
+    ]
+    np.testing.assert_allclose(
+        fixed.encode_sequences(sequences), session.encode_sequences(sequences), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="item_vectors"):
+        fixed.encode(*pad_left(sequences, 5, DIM))
 
 
 def test_all_padding_row_gives_zeros_not_nan(

@@ -49,6 +49,11 @@ class LocalBroker:
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (benchmarks account its CPU)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout_s: float = 20.0) -> LocalBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         wait_for_port_closed(self.port, timeout_s)

@@ -1,8 +1,11 @@
 """Export a user tower to ONNX and run it with onnxruntime (CUDA when present, else CPU).
 
 The exported file is self-contained (no ``.onnx.data`` side file), so the artifact store can
-checksum and move it as one file. The batch axis is dynamic; ``max_len`` and ``dim`` are
-fixed in the graph and read back from it by :class:`OnnxUserEncoder`.
+checksum and move it as one file. The batch axis is dynamic, and so is a user tower's
+sequence axis, up to ``max_len`` (kept in the graph's metadata): a batch of short histories
+is padded to its longest member, not to ``max_len``. Most users of a catalogue have a
+few interactions, and a graph fixed at 50 positions spent most of its time on padding.
+``dim`` is fixed in the graph; :class:`OnnxUserEncoder` reads both back from it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from recsys.model.user_encoder import INPUT_EVENT_TYPES, INPUT_ITEM_VECTORS, OUT
 log = logging.getLogger(__name__)
 
 INPUT_TEXT_VECTORS = "text_vectors"
+MAX_LEN_METADATA = "max_len"
 OUTPUT_ITEM_VECTORS = "item_vectors"
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -34,8 +38,10 @@ def _export(
     path: Path,
     input_names: list[str],
     output_names: list[str],
+    max_len: int | None = None,
 ) -> Path:
-    """One self-contained ONNX file with a dynamic batch axis on every input, checked."""
+    """One self-contained ONNX file, checked, with a dynamic batch axis on every input and,
+    given ``max_len``, a dynamic sequence axis (axis 1) of 1 to ``max_len`` positions."""
     import onnx
 
     path = Path(path)
@@ -43,6 +49,9 @@ def _export(
     was_training = module.training
     module.eval()
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    axes: dict[int, Any] = {0: batch}
+    if max_len is not None:
+        axes[1] = torch.export.Dim("length", min=1, max=max_len)
     # the exporter's graph passes log every rewrite at INFO; keep the trainer's log readable
     chatty = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
     levels = [logger.level for logger in chatty]
@@ -57,7 +66,7 @@ def _export(
                 str(path),
                 input_names=input_names,
                 output_names=output_names,
-                dynamic_shapes={name: {0: batch} for name in input_names},
+                dynamic_shapes={name: axes for name in input_names},
                 dynamo=True,
                 external_data=False,
                 verbose=False,
@@ -69,6 +78,10 @@ def _export(
     side_file = path.with_name(path.name + ".data")
     if side_file.exists():
         raise RuntimeError(f"exporter wrote external data {side_file}; expected one file")
+    if max_len is not None:
+        model = onnx.load(str(path))
+        onnx.helper.set_model_props(model, {MAX_LEN_METADATA: str(max_len)})
+        onnx.save(model, str(path))
     onnx.checker.check_model(str(path))
     return path
 
@@ -77,8 +90,10 @@ def export_user_encoder(module: nn.Module, path: Path, max_len: int, dim: int) -
     """Export ``module(item_vectors, event_types) -> user_vector`` to one ONNX file.
 
     Uses the dynamo exporter (the TorchScript one is deprecated) with
-    ``external_data=False``; the example batch has 2 rows so the batch axis is not
-    specialised to 1. The written graph is checked with ``onnx.checker``.
+    ``external_data=False``; the example batch has 2 rows and ``max_len`` positions so
+    neither axis is specialised to 1. The sequence axis takes 1 to ``max_len`` positions,
+    and the module must accept any of them (the newest at the last position). The
+    written graph is checked with ``onnx.checker``.
     """
     if max_len < 1 or dim < 1:
         raise ValueError("max_len and dim must be positive")
@@ -86,7 +101,8 @@ def export_user_encoder(module: nn.Module, path: Path, max_len: int, dim: int) -
         torch.randn(2, max_len, dim, dtype=torch.float32),
         torch.ones(2, max_len, dtype=torch.int64),
     )
-    _export(module, examples, path, [INPUT_ITEM_VECTORS, INPUT_EVENT_TYPES], [OUTPUT_USER_VECTOR])
+    names = [INPUT_ITEM_VECTORS, INPUT_EVENT_TYPES]
+    _export(module, examples, path, names, [OUTPUT_USER_VECTOR], max_len=max_len)
     log.info("user encoder exported", extra={"path": str(path), "max_len": max_len, "dim": dim})
     return Path(path)
 
@@ -173,7 +189,11 @@ class OnnxItemEncoder:
 
 
 class OnnxUserEncoder:
-    """An onnxruntime session over a user tower that follows the contract in user_encoder."""
+    """An onnxruntime session over a user tower that follows the contract in user_encoder.
+
+    Reads graphs whose sequence axis is dynamic (``max_len`` from the metadata) and older
+    ones fixed at ``max_len`` positions.
+    """
 
     def __init__(self, path: Path, prefer_cuda: bool = True, intra_op_threads: int = 1) -> None:
         self.path = Path(path)
@@ -188,22 +208,39 @@ class OnnxUserEncoder:
                 f"outputs {outputs}"
             )
         shape = inputs[INPUT_ITEM_VECTORS].shape
-        if len(shape) != 3 or not isinstance(shape[1], int) or not isinstance(shape[2], int):
-            raise ValueError(f"{self.path}: item_vectors needs static [batch, max_len, dim]")
-        self.max_len: int = shape[1]
+        if len(shape) != 3 or not isinstance(shape[2], int):
+            raise ValueError(f"{self.path}: item_vectors needs [batch, length, dim], dim static")
         self.dim: int = shape[2]
+        self.dynamic_length = not isinstance(shape[1], int)
+        if self.dynamic_length:
+            metadata = self._session.get_modelmeta().custom_metadata_map
+            if MAX_LEN_METADATA not in metadata:
+                raise ValueError(f"{self.path}: dynamic sequence axis but no max_len metadata")
+            self.max_len: int = int(metadata[MAX_LEN_METADATA])
+        else:
+            self.max_len = shape[1]
         log.info(
             "user encoder session ready",
-            extra={"path": str(self.path), "providers": self.providers, "max_len": self.max_len},
+            extra={
+                "path": str(self.path),
+                "providers": self.providers,
+                "max_len": self.max_len,
+                "dynamic_length": self.dynamic_length,
+            },
         )
 
     def encode(self, item_vectors: np.ndarray, event_types: np.ndarray) -> np.ndarray:
-        """Run the tower: float32 [B, max_len, dim] and int64 [B, max_len] -> float32 [B, dim]."""
+        """Run the tower: float32 [B, L, dim] and int64 [B, L] -> float32 [B, dim].
+
+        ``L`` is ``max_len``, or with a dynamic sequence axis anything from 1 to it.
+        """
         vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         types = np.ascontiguousarray(event_types, dtype=np.int64)
-        if vectors.ndim != 3 or vectors.shape[1:] != (self.max_len, self.dim):
+        lengths = range(1, self.max_len + 1) if self.dynamic_length else (self.max_len,)
+        if vectors.ndim != 3 or vectors.shape[1] not in lengths or vectors.shape[2] != self.dim:
+            expected = f"1..{self.max_len}" if self.dynamic_length else str(self.max_len)
             raise ValueError(
-                f"item_vectors must be [batch, {self.max_len}, {self.dim}], got {vectors.shape}"
+                f"item_vectors must be [batch, {expected}, {self.dim}], got {vectors.shape}"
             )
         if types.shape != vectors.shape[:2]:
             raise ValueError(f"event_types must be {vectors.shape[:2]}, got {types.shape}")
@@ -213,6 +250,24 @@ class OnnxUserEncoder:
             [OUTPUT_USER_VECTOR], {INPUT_ITEM_VECTORS: vectors, INPUT_EVENT_TYPES: types}
         )
         return np.asarray(out, dtype=np.float32)
+
+    def encode_sequences(self, sequences: Sequence[tuple[np.ndarray, Sequence[int]]]) -> np.ndarray:
+        """User vectors for (item vectors [n, dim], event type ids [n]) pairs, oldest first.
+
+        With a dynamic sequence axis, sequences are grouped by length into power-of-two
+        buckets and each bucket is padded to its own longest member: padding at most
+        doubles a sequence, where one long history would otherwise pad a whole batch.
+        """
+        if not self.dynamic_length or not sequences:
+            return self.encode(*pad_left(sequences, self.max_len, self.dim))
+        lengths = np.array([min(len(types), self.max_len) for _, types in sequences])
+        buckets = np.left_shift(1, np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64))
+        out = np.empty((len(sequences), self.dim), dtype=np.float32)
+        for bucket in np.unique(buckets):
+            rows = np.flatnonzero(buckets == bucket)
+            width = max(1, int(lengths[rows].max()))
+            out[rows] = self.encode(*pad_left([sequences[int(i)] for i in rows], width, self.dim))
+        return out
 
 
 def pad_left(

@@ -3,9 +3,11 @@
 Every user-tower version exports an ONNX graph with the same interface, so the
 inference service can swap versions without code changes:
 
-- input ``item_vectors``: float32 ``[batch, max_len, dim]``, the item vectors of the
+- input ``item_vectors``: float32 ``[batch, length, dim]``, the item vectors of the
   user's recent interactions, left-padded (the newest interaction is at the last position);
-- input ``event_types``: int64 ``[batch, max_len]``, ids from
+  ``length`` is 1 to ``max_len`` (recorded in the graph's metadata), so a batch is padded
+  only as far as its longest sequence;
+- input ``event_types``: int64 ``[batch, length]``, ids from
   :data:`recsys.events.EVENT_TYPE_IDS`; 0 marks padding;
 - output ``user_vector``: float32 ``[batch, dim]``, L2-normalised (all zeros for a row
   with no interactions).
