@@ -245,8 +245,8 @@ def probe_freshness(
 PROBES: list[tuple[str, float, float]] = []
 
 
-def stage_breakdown(watcher: VectorWatcher) -> dict[str, float]:
-    """Median milliseconds of each hop for the probes whose every stage was observed."""
+def stage_breakdown(watcher: VectorWatcher) -> dict[str, dict[str, float]]:
+    """Median and p99 milliseconds of each hop, over the probes whose every stage was seen."""
     hops: dict[str, list[float]] = {
         "event_to_sequence": [],
         "sequence_to_vector": [],
@@ -260,7 +260,10 @@ def stage_breakdown(watcher: VectorWatcher) -> dict[str, float]:
         hops["event_to_sequence"].append((sequence_at - event_at) * 1000)
         hops["sequence_to_vector"].append((vector_at - sequence_at) * 1000)
         hops["vector_to_visible"].append((visible_at - vector_at) * 1000)
-    return {hop: round(statistics.median(v), 1) if v else float("nan") for hop, v in hops.items()}
+    return {
+        "median_by_stage": {hop: round(percentile(v, 50), 1) for hop, v in hops.items()},
+        "p99_by_stage": {hop: round(percentile(v, 99), 1) for hop, v in hops.items()},
+    }
 
 
 def batch_histogram(stack: LocalStack) -> dict[str, float]:
@@ -282,6 +285,38 @@ def batch_histogram(stack: LocalStack) -> dict[str, float]:
                 buckets[f"<={sample.labels['le']}"] = sample.value - previous
                 previous = sample.value
     return buckets
+
+
+def gc_pauses(stack: LocalStack) -> dict[str, dict[str, float]]:
+    """Each service's full garbage collections so far: how many, their total seconds, and
+    how many stopped the process for longer than 100 ms (from its /metrics)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pauses = {}
+    for service, port in stack.http_ports.items():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                text = answer.read().decode()
+        except OSError:
+            continue
+        found = {"collections": 0.0, "seconds": 0.0, "over_100ms": 0.0}
+        for family in text_string_to_metric_families(text):
+            if family.name != "recsys_gc_pause_seconds":
+                continue
+            for sample in family.samples:
+                if sample.labels.get("generation") != "2":
+                    continue
+                if sample.name.endswith("_count"):
+                    found["collections"] = sample.value
+                    found["over_100ms"] += sample.value
+                elif sample.name.endswith("_sum"):
+                    found["seconds"] = round(sample.value, 3)
+                elif sample.name.endswith("_bucket") and sample.labels["le"] == "0.1":
+                    found["over_100ms"] -= sample.value
+        pauses[service] = found
+    return pauses
 
 
 def onnx_vs_torch(
@@ -356,6 +391,7 @@ def main() -> None:
         log_level="WARNING",
         extra_env={
             "RECSYS_TRAINER_RETRAIN_THRESHOLD": str(10**9),
+            **dict(kv.split("=", 1) for kv in os.environ.get("BENCH_ENV", "").split()),
             # Any served model will do here; quality is bench/evaluate.py's business.
             "RECSYS_TRAINER_MODEL__CONTRASTIVE__TIME_BUDGET_S": "60",
         },
@@ -399,10 +435,23 @@ def main() -> None:
             stages = stage_breakdown(watcher)
             watcher.close()
         histogram = batch_histogram(stack)
+        full_collections = gc_pauses(stack)
         speed = onnx_vs_torch(
             ArtifactStore(work / "artifacts", "recsys"), batches=(1, 4, 16, 64, 256), repeats=15
         )
     (work / "stack.log").write_text(log.getvalue())
+    # Every probe's hop times, for looking into the tail (not part of the results).
+    probe_times = [
+        {
+            "probe": probe,
+            "event": event_at,
+            "sequence": watcher.stage_times.get(("sequence", probe)),
+            "vector": watcher.stage_times.get(("vector", probe)),
+            "visible": visible_at,
+        }
+        for probe, event_at, visible_at in PROBES
+    ]
+    (work / "probes.json").write_text(json.dumps(probe_times, indent=1))
 
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads visible, CPU only",
@@ -417,10 +466,12 @@ def main() -> None:
             "p95": round(percentile(samples, 95), 1),
             "p99": round(percentile(samples, 99), 1),
             "samples": len(samples),
-            "median_by_stage": stages,
+            **stages,
         },
         "backlog_after_rate_test": round(steady.sent + processed_before - processed, 0),
         "inference_batch_size_histogram": histogram,
+        # Full garbage collections stop a whole process: the usual cause of tail spikes.
+        "gc_full_collections": full_collections,
         # Headline at the micro-batch sizes a steady stream produces (see the histogram);
         # the full curve is beside it.
         "onnx_vs_torch_speedup": {

@@ -30,6 +30,7 @@ from recsys.kafka import (
     make_producer,
     produce,
 )
+from recsys.lifecycle import freeze_startup_heap
 from recsys.settings import KafkaSettings
 from recsys.topics import Topics
 from services.feature.durable_table import add_durable_table
@@ -254,5 +255,6 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
     async def mark_ready() -> None:
         feature_app.ready = True
         log.info("feature worker started", extra={"topic": topics.interactions})
+        freeze_startup_heap()
 
     return feature_app

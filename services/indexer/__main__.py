@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from recsys.kafka import wait_for_broker
-from recsys.lifecycle import stop_on_signals
+from recsys.lifecycle import freeze_startup_heap, stop_on_signals
 from recsys.logs import setup_logging
 from recsys.observability import start_health
 from recsys.vectorstore.factory import open_store
@@ -23,6 +23,7 @@ def main() -> None:
     wait_for_broker(settings.kafka)
     store = open_store(settings.store)
     writer = IndexWriter(store, settings)
+    freeze_startup_heap()
     try:
         writer.run(stop)
     finally:

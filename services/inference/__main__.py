@@ -12,7 +12,7 @@ from recsys.kafka import (
     usable,
     wait_for_broker,
 )
-from recsys.lifecycle import stop_on_signals
+from recsys.lifecycle import freeze_startup_heap, stop_on_signals
 from recsys.logs import setup_logging
 from recsys.model.text_encoder import EmbeddingCache, TextEncoder
 from recsys.observability import start_health
@@ -49,6 +49,7 @@ def main() -> None:
     # Every replica must see every model announcement, so they are read outside the group.
     announcements = make_replay_consumer(settings.kafka, service.announcement_topic, "inference")
     log.info("inference started", extra={"topics": service.partitioned_topics})
+    freeze_startup_heap()
     wait_s = settings.max_wait_ms / 1000
     try:
         while not stop.is_set():

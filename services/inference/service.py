@@ -4,6 +4,11 @@ The process keeps three things in memory, all rebuilt by replaying compacted top
 at start (it never commits offsets): the latest sequence of each user, the item
 catalogue, and the model version to serve. Several updates of one user inside a batch
 are coalesced into one encode.
+
+Each user's latest sequence is kept as the bytes of its message, parsed again only when a
+new model version re-encodes everyone. Bytes are invisible to the garbage collector;
+100,000 parsed sequences were millions of tracked objects, and every full collection
+over them stopped the process for about 0.3 s, in the middle of the stream.
 """
 
 from __future__ import annotations
@@ -62,10 +67,12 @@ class InferenceService:
         self._encode_texts = encode_texts
         self._topics = Topics.from_settings(settings.kafka)
         self._dead_letters = DeadLetterSink(producer, self._topics, "inference")
-        self.sequences: dict[str, UserSequence] = {}
+        # user -> (last event timestamp, the message of their newest sequence)
+        self.sequences: dict[str, tuple[float, bytes]] = {}
         self.catalog: dict[str, ItemEvent] = {}
         self.model: ServingModel | None = None
-        self._pending_users: dict[str, None] = {}
+        # users to encode -> their sequence, when this batch parsed it already
+        self._pending_users: dict[str, UserSequence | None] = {}
         self._pending_items: dict[str, None] = {}
 
     @property
@@ -85,7 +92,8 @@ class InferenceService:
             topic = message.topic()
             try:
                 if topic == self._topics.user_sequences:
-                    self._on_sequence(parse_event(UserSequence, message.value()))
+                    raw = message.value() or b""
+                    self._on_sequence(parse_event(UserSequence, raw), raw)
                 elif topic == self._topics.items:
                     self._on_item(parse_event(ItemEvent, message.value()))
                 elif topic == self._topics.model_updates:
@@ -98,12 +106,12 @@ class InferenceService:
         self._publish_users()
         self._producer.poll(0)
 
-    def _on_sequence(self, sequence: UserSequence) -> None:
+    def _on_sequence(self, sequence: UserSequence, raw: bytes) -> None:
         known = self.sequences.get(sequence.user_id)
-        if known is not None and known.last_event_timestamp > sequence.last_event_timestamp:
+        if known is not None and known[0] > sequence.last_event_timestamp:
             return  # a redelivered older state must not replace a newer one
-        self.sequences[sequence.user_id] = sequence
-        self._pending_users[sequence.user_id] = None
+        self.sequences[sequence.user_id] = (sequence.last_event_timestamp, raw)
+        self._pending_users[sequence.user_id] = sequence
 
     def _on_item(self, item: ItemEvent) -> None:
         known = self.catalog.get(item.item_id)
@@ -187,10 +195,14 @@ class InferenceService:
         model = self.model
         if model is None or not self._pending_users:
             return
-        pending, self._pending_users = list(self._pending_users), {}
+        pending, self._pending_users = self._pending_users, {}
+        users = list(pending)
         batch_size = self._settings.max_batch_size
-        for start in range(0, len(pending), batch_size):
-            sequences = [self.sequences[user] for user in pending[start : start + batch_size]]
+        for start in range(0, len(users), batch_size):
+            sequences = [
+                pending[user] or self._stored_sequence(user)
+                for user in users[start : start + batch_size]
+            ]
             started = time.perf_counter()
             encoded, vectors = model.encode_users(sequences)
             ENCODE_SECONDS.observe(time.perf_counter() - started)
@@ -210,3 +222,7 @@ class InferenceService:
                     self._producer, self._topics.user_vectors, sequence.user_id, event.to_bytes()
                 )
             VECTORS.labels("user").inc(len(encoded))
+
+    def _stored_sequence(self, user: str) -> UserSequence:
+        # Validated when it arrived; parsed again when a new model version re-encodes.
+        return parse_event(UserSequence, self.sequences[user][1])

@@ -12,6 +12,7 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
+from recsys.lifecycle import freeze_startup_heap
 from recsys.logs import setup_logging
 from recsys.observability import HealthServer
 from recsys.vectorstore.base import VectorStore
@@ -48,6 +49,7 @@ async def run(settings: RankingSettings, store: VectorStore) -> None:
                 http = HealthServer(
                     settings.obs.http_port, ready=lambda: running.model_serving
                 ).start()
+            freeze_startup_heap()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in _STOP_SIGNALS:

@@ -16,7 +16,7 @@ from confluent_kafka import KafkaException
 
 from recsys.artifacts import ArtifactStore
 from recsys.kafka import make_consumer, make_producer, usable, wait_for_broker
-from recsys.lifecycle import stop_on_signals
+from recsys.lifecycle import freeze_startup_heap, stop_on_signals
 from recsys.logs import setup_logging
 from recsys.model.text_encoder import EmbeddingCache
 from recsys.observability import start_health
@@ -79,6 +79,7 @@ def main() -> None:
             "warm_start": settings.warm_start,
         },
     )
+    freeze_startup_heap()
     try:
         while not stop.is_set():
             loop.handle(usable(consumer.consume(1_000, 0.2)))

@@ -1,10 +1,14 @@
-"""Process lifecycle shared by the Kafka-driven services: stop on SIGTERM/SIGINT."""
+"""Process lifecycle shared by the services: stop on SIGTERM/SIGINT, settle the heap."""
 
 from __future__ import annotations
 
+import gc
+import logging
 import signal
 import threading
 from types import FrameType
+
+log = logging.getLogger(__name__)
 
 
 def stop_on_signals() -> threading.Event:
@@ -17,3 +21,16 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     return stop
+
+
+def freeze_startup_heap() -> None:
+    """Take what start-up allocated out of the garbage collector's sight; call once, ready.
+
+    A full collection walks every tracked object, and a process that imported torch,
+    transformers or faust holds hundreds of thousands that live as long as it does: each
+    full collection spent about 150 ms on the inference service's start-up objects alone,
+    stopping the process mid-stream. Frozen objects are never walked (nor freed).
+    """
+    gc.collect()
+    gc.freeze()
+    log.info("start-up heap frozen", extra={"objects": gc.get_freeze_count()})

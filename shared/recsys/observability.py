@@ -1,15 +1,44 @@
-"""The HTTP endpoint every service exposes: /metrics (Prometheus), /healthz, /readyz."""
+"""The HTTP endpoint every service exposes: /metrics (Prometheus), /healthz, /readyz;
+and the garbage-collector pause histogram every service reports there."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 log = logging.getLogger(__name__)
+
+GC_PAUSE_SECONDS = Histogram(
+    "recsys_gc_pause_seconds",
+    "Time the process stood still in Python's cyclic garbage collector, by generation",
+    ["generation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+_gc_started: list[float] = []
+
+
+def _time_gc(phase: str, info: dict[str, Any]) -> None:
+    # Runs inside the collector, in whichever thread triggered it: keep it trivial.
+    if phase == "start":
+        _gc_started.append(time.perf_counter())
+    elif _gc_started:
+        GC_PAUSE_SECONDS.labels(str(info["generation"])).observe(
+            time.perf_counter() - _gc_started.pop()
+        )
+
+
+def track_gc_pauses() -> None:
+    """Observe every collection in ``recsys_gc_pause_seconds`` (idempotent): a full
+    collection over a large heap stops every thread of the process at once."""
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
 
 
 class HealthServer:
@@ -54,6 +83,7 @@ class HealthServer:
         return int(self._server.server_address[1])
 
     def start(self) -> HealthServer:
+        track_gc_pauses()
         self._thread.start()
         log.info("health and metrics endpoint up", extra={"port": self.port})
         return self

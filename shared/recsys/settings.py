@@ -52,6 +52,9 @@ class StoreSettings(BaseSettings):
     url: str = Field("", description="Qdrant server URL, e.g. http://qdrant:6333")
     api_key: str = Field("", description="Qdrant server API key, if any")
     hnsw_ef: int = Field(128, ge=1, description="HNSW search breadth (recall vs speed)")
+    flush_interval_s: float = Field(
+        5.0, ge=0, description="embedded store: longest time between segment flushes"
+    )
 
 
 class ArtifactSettings(BaseSettings):

@@ -7,6 +7,8 @@ passes only if it agrees with the definition, not with the other backend.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -472,6 +474,31 @@ def test_edge_store_reopens_from_disk(tmp_path: Path) -> None:
         assert third.list_collections() == ["items_v1"]
     finally:
         third.close()
+
+
+def test_edge_writes_survive_a_killed_process_without_a_flush(tmp_path: Path) -> None:
+    """The store flushes segments only now and then: a write must be durable once
+    ``upsert``/``delete`` return, through the engine's write-ahead log."""
+    script = f"""
+import os, numpy as np
+from recsys.vectorstore import VectorRecord
+from recsys.vectorstore.edge import EdgeVectorStore
+store = EdgeVectorStore({str(tmp_path)!r}, flush_interval_s=3600)
+store.create_collection("users", 8)
+rng = np.random.default_rng(0)
+store.upsert("users", [VectorRecord(f"u{{i}}", rng.normal(size=8), {{"n": i}}) for i in range(300)])
+store.delete("users", ["u0", "u1"])
+os._exit(0)  # no flush, no close: what a SIGKILL leaves
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    reopened = EdgeVectorStore(tmp_path)
+    try:
+        assert reopened.count("users") == 298
+        [record] = reopened.retrieve("users", ["u299"])
+        assert record.payload["n"] == 299
+        assert reopened.retrieve("users", ["u0"]) == []
+    finally:
+        reopened.close()
 
 
 def test_edge_recall_after_optimize(tmp_path: Path) -> None:

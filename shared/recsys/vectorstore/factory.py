@@ -11,7 +11,9 @@ def open_store(settings: StoreSettings) -> VectorStore:
     if settings.backend == "edge":
         from recsys.vectorstore.edge import EdgeVectorStore
 
-        return EdgeVectorStore(settings.path, settings.hnsw_ef)
+        return EdgeVectorStore(
+            settings.path, settings.hnsw_ef, flush_interval_s=settings.flush_interval_s
+        )
     if settings.backend == "qdrant":
         if not settings.url:
             raise ValueError("RECSYS_STORE_URL must be set when RECSYS_STORE_BACKEND=qdrant")
