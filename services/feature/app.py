@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from confluent_kafka import KafkaError, KafkaException, Message
 from faust.types import TP
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -29,6 +28,7 @@ from recsys.kafka import (
     letter_key,
     make_producer,
     produce,
+    raise_on_failure,
 )
 from recsys.lifecycle import freeze_startup_heap
 from recsys.settings import KafkaSettings
@@ -68,11 +68,6 @@ class FeatureApp:
     app: faust.App
     settings: FeatureSettings
     ready: bool = False
-
-
-def _raise_on_failure(error: KafkaError | None, message: Message) -> None:
-    if error is not None:
-        raise KafkaException(error)
 
 
 def _faust_credentials(kafka: KafkaSettings) -> Any:
@@ -132,16 +127,20 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
     }
     interactions = app.topic(topics.interactions, **raw)
     dead_letter = app.topic(topics.dead_letter, **raw)
+    # Sequences and the table's changelog go through librdkafka (batched in C); faust's
+    # own producer is left with dead letters and re-keyed events.
+    output = make_producer(
+        kafka, **{"linger.ms": 2, "batch.size": settings.producer_max_batch_size}
+    )
     recent = add_durable_table(
         app,
         "user-recent",
+        output,
         default=None,
         key_type=str,
         value_type=bytes,
     )
     feature_app = FeatureApp(app=app, settings=settings)
-    # Output goes through librdkafka (batched in C); faust's producer keeps the changelog.
-    output = make_producer(kafka, **{"linger.ms": 2})
 
     async def send_dead_letter(message: Any, reason: str) -> None:
         letter = build_dead_letter(
@@ -211,18 +210,15 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                     topics.user_sequences,
                     user,
                     encode_user_sequence(user, state, last),
-                    on_delivery=_raise_on_failure,
+                    on_delivery=raise_on_failure,
                 )
                 changed = True
         # Both the sequences and the table's changelog are delivered before faust
         # acknowledges the batch's offsets: at least once, with no state lost to a kill.
         if changed:
-            undelivered, _ = await asyncio.gather(
-                asyncio.to_thread(output.flush, 30),
-                asyncio.wait_for(recent.changelog_delivered(), timeout=30),
-            )
+            undelivered = await asyncio.to_thread(output.flush, 30)
             if undelivered > 0:
-                raise RuntimeError("user-sequences not delivered within 30 s")
+                raise RuntimeError("user-sequences and changelog not delivered within 30 s")
 
     @app.agent(interactions)
     async def process_interactions(stream: Any) -> None:

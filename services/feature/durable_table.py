@@ -1,6 +1,7 @@
-"""A faust table for batch processing: explicit changelog partitions, awaitable writes.
+"""A faust table for batch processing: explicit changelog partitions, writes through
+librdkafka that the batch awaits with its other output.
 
-Two things faust's ``Table`` does not give a worker that applies events in batches:
+Three things faust's ``Table`` does not give a worker that applies events in batches:
 
 - **Where a key's changelog record goes.** Outside a per-event stream context faust
   leaves the changelog partition to the producer's partitioner, which hashes the
@@ -15,30 +16,37 @@ Two things faust's ``Table`` does not give a worker that applies events in batch
   moves on and commits them after ``producer.flush()``, which gives up on faust's own
   send buffer after 0.1 s without progress (``ProducerBuffer.flush_atmost``). Under a
   slow broker an offset could be committed while the writes it stands for were still
-  buffered, and a SIGKILL lost them. :meth:`DurableTable.changelog_delivered` awaits
-  every write, so a batch is acknowledged only once its state is in Kafka.
+  buffered, and a SIGKILL lost them. Here the changelog records go out through the
+  worker's librdkafka producer, whose ``flush`` the batch awaits before it is
+  acknowledged, together with the sequences it publishes.
+- **What a write costs.** faust's aiokafka producer spends a future, a task and a trip
+  through its send buffer per record in Python; librdkafka batches in C. Recovery is
+  unchanged: faust reads the changelog back, and the records are the bytes it would have
+  written (the table's own serialisers, the same topic and partition).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import faust
-from faust.types import FutureMessage
+from confluent_kafka import Producer
+
+from recsys.kafka import produce, raise_on_failure
 
 
 class DurableTable(faust.Table):  # type: ignore[type-arg]
-    """``faust.Table`` written with :meth:`put`, whose changelog writes can be awaited."""
+    """``faust.Table`` written with :meth:`put`; changelog records go to ``producer``."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, producer: Producer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._undelivered: list[FutureMessage] = []
+        self._producer = producer
         self._write_partition: int | None = None
 
     def put(self, key: Any, value: Any, *, partition: int) -> None:
         """Set ``key`` and record the change in changelog ``partition``: the partition of
-        the source topic the key's events come from (the table is co-partitioned)."""
+        the source topic the key's events come from (the table is co-partitioned). The
+        record is delivered by the next ``flush`` of the producer."""
         self._write_partition = partition
         try:
             self[key] = value
@@ -50,20 +58,34 @@ class DurableTable(faust.Table):  # type: ignore[type-arg]
             raise TypeError(f"write {self.name!r} with put(key, value, partition=...)")
         return self._write_partition
 
-    def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
-        future: FutureMessage = super().send_changelog(*args, **kwargs)
-        self._undelivered.append(future)
-        return future
+    def on_key_set(self, key: Any, value: Any) -> None:
+        self._write_changelog(key, value)
+        self._sensor_on_set(self, key, value)
 
-    async def changelog_delivered(self) -> None:
-        """Return once every write so far is acknowledged by the broker; raise if one failed."""
-        pending, self._undelivered = self._undelivered, []
-        if pending:
-            await asyncio.gather(*pending)
+    def on_key_del(self, key: Any) -> None:
+        self._write_changelog(key, None)
+        self._sensor_on_del(self, key)
+
+    def _write_changelog(self, key: Any, value: Any) -> None:
+        topic = self.changelog_topic
+        key_bytes, _ = topic.prepare_key(key, self.key_serializer)
+        value_bytes = None
+        if value is not None:
+            value_bytes, _ = topic.prepare_value(value, self.value_serializer)
+        produce(
+            self._producer,
+            topic.get_topic_name(),
+            key_bytes,
+            value_bytes,
+            on_delivery=raise_on_failure,
+            partition=self.partition_for_key(key),
+        )
 
 
-def add_durable_table(app: faust.App, name: str, **options: Any) -> DurableTable:
+def add_durable_table(
+    app: faust.App, name: str, producer: Producer, **options: Any
+) -> DurableTable:
     """Register a :class:`DurableTable` as ``app.Table`` would register a ``faust.Table``."""
-    table = DurableTable(app, name=name, beacon=app.tables.beacon, **options)
+    table = DurableTable(app, name=name, beacon=app.tables.beacon, producer=producer, **options)
     app.tables.add(table)
     return table

@@ -24,7 +24,10 @@ class FeatureSettings(BaseSettings):
     data_dir: Path = Field(Path(".data/feature"), description="faust worker data folder")
     producer_linger_ms: int = Field(5, ge=0, description="changelog producer linger")
     producer_max_batch_size: int = Field(
-        16_384, ge=1, description="faust producer batch; 1 makes Tansu's recovery exact"
+        16_384,
+        ge=1,
+        description="bytes per record batch of the worker's producers; 1 makes Tansu's"
+        " changelog recovery exact",
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -122,17 +122,27 @@ def wait_for_broker(settings: KafkaSettings, timeout_s: float | None = None) -> 
     )
 
 
+def raise_on_failure(error: KafkaError | None, message: Message) -> None:
+    """A delivery callback that makes the next ``poll``/``flush`` raise a failed delivery."""
+    if error is not None:
+        raise KafkaException(error)
+
+
 def produce(
     producer: Producer,
     topic: str,
     key: str | bytes | None,
     value: bytes | None,
     on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    partition: int | None = None,
 ) -> None:
-    """Produce, waiting for queue space instead of failing when the local queue is full."""
+    """Produce, waiting for queue space instead of failing when the local queue is full;
+    ``partition`` None leaves it to the partitioner (by key)."""
+    # librdkafka's "unassigned" partition (-1) means: the partitioner decides.
+    target = -1 if partition is None else partition
     while True:
         try:
-            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            producer.produce(topic, key=key, value=value, partition=target, on_delivery=on_delivery)
             producer.poll(0)
             return
         except BufferError:
