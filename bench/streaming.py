@@ -4,15 +4,22 @@ Starts the whole local stack (the same wiring as ``make run``) on a fresh broker
 first model on a warm-up stream of a synthetic catalogue, then measures:
 
 - throughput: a burst of events published as fast as possible, timed until every user's
-  vector on ``user-vectors`` reflects that user's last event (events/s end to end);
+  vector on ``user-vectors`` reflects that user's last event (events/s end to end), with
+  the CPU seconds each process (services, broker, this benchmark) spent per 1,000 events;
+- sustained: a steady stream at ``--sustain-rate`` (default 3,000 events/s) for
+  ``--sustain-seconds``; it keeps up if the feature worker's backlog does not grow and
+  every user's vector is current soon after the stream stops (the drain);
 - freshness at a fixed rate: while a background stream runs at ``--rate`` events/s, probe
   users buy their current top item; freshness is the time from the event's timestamp
-  until a ranking query over gRPC no longer returns that item (p50/p95/p99);
-- the inference batch-size histogram (from the inference service's /metrics);
+  until a ranking query over gRPC no longer returns that item (p50/p95/p99, and per hop);
+- the inference batch-size histogram and each service's full garbage collections (from
+  the services' /metrics);
 - ONNX Runtime vs torch eager for the served user encoder on the same batch (ratio).
 
-Writes ``bench/results/streaming.json``. Figures on a shared 2-core machine are noisy:
-medians and ratios matter, not single values.
+``--runs N`` repeats everything on a fresh stack N times and reports medians (each run is
+kept under ``per_run``); ``--env NAME=VALUE`` passes a setting to every service. Writes
+``bench/results/streaming.json``. Figures on a shared 2-core machine are noisy: medians
+and ratios matter, not single values.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import statistics
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -151,14 +159,23 @@ def measure_throughput(
 
 
 class SteadyStream(threading.Thread):
-    """Publishes synthetic events at a fixed rate until stopped."""
+    """Publishes synthetic events at a fixed rate until stopped, remembering the newest
+    event time of every user it published for."""
 
-    def __init__(self, stack: LocalStack, cat: synthetic.SyntheticCatalogue, args: Any) -> None:
+    def __init__(
+        self,
+        stack: LocalStack,
+        cat: synthetic.SyntheticCatalogue,
+        users: int,
+        rate: float,
+        name: str,
+    ) -> None:
         super().__init__(daemon=True)
-        self._stack, self._cat, self._args = stack, cat, args
+        self._stack, self._cat, self._users, self._rate, self._name = stack, cat, users, rate, name
         self._stop_event = threading.Event()
         self.sent = 0
         self.started = self.stopped = 0.0
+        self.last_event: dict[str, float] = {}
 
     def run(self) -> None:
         producer = make_producer(self._stack.kafka)
@@ -169,11 +186,11 @@ class SteadyStream(threading.Thread):
             chunk += 1
             stream = synthetic.interactions(
                 self._cat,
-                self._args.users,
+                self._users,
                 5_000,
                 start=time.time(),
-                seed=31 + chunk,
-                id_prefix=f"steady{chunk}",
+                seed=zlib.crc32(f"{self._name}{chunk}".encode()),
+                id_prefix=f"{self._name}{chunk}",
             )
             self._publish(producer, topic, stream, started)
         producer.flush(10)
@@ -182,12 +199,13 @@ class SteadyStream(threading.Thread):
         for event in stream:
             if self._stop_event.is_set():
                 return
-            due = started + self.sent / self._args.rate
+            due = started + self.sent / self._rate
             delay = due - time.monotonic()
             if delay > 0:
                 self._stop_event.wait(delay)
             stamped = event.model_copy(update={"timestamp": time.time()})
             produce(producer, topic, stamped.user_id, stamped.to_bytes())
+            self.last_event[stamped.user_id] = stamped.timestamp
             self.sent += 1
 
     def stop(self) -> None:
@@ -198,6 +216,38 @@ class SteadyStream(threading.Thread):
     @property
     def achieved_rate(self) -> float:
         return self.sent / max(1e-9, self.stopped - self.started)
+
+
+def measure_sustained(
+    stack: LocalStack, watcher: VectorWatcher, cat: synthetic.SyntheticCatalogue, args: Any
+) -> dict[str, float]:
+    """A steady stream at ``--sustain-rate`` for ``--sustain-seconds``. The pipeline keeps
+    up if the feature worker's backlog does not grow over the run and every user's vector
+    reflects their last event soon after the stream stops (the drain)."""
+    applied = lambda: stack.metric_total("feature", "recsys_feature_events_total")  # noqa: E731
+    before = applied()
+    stream = SteadyStream(stack, cat, args.users, args.sustain_rate, "sustain")
+    stream.start()
+    backlog: list[float] = []  # events published but not yet applied, once a second
+    deadline = time.monotonic() + args.sustain_seconds
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        backlog.append(stream.sent - (applied() - before))
+    stream.stop()
+    stopped = time.monotonic()
+    stack.wait_for(
+        lambda: watcher.caught_up(stream.last_event), args.timeout, "the sustained stream"
+    )
+    third = max(1, len(backlog) // 3)
+    return {
+        "offered_rate": args.sustain_rate,
+        "achieved_rate": round(stream.achieved_rate, 1),
+        "seconds": args.sustain_seconds,
+        "events": stream.sent,
+        "feature_backlog_first_third": round(statistics.median(backlog[:third]), 0),
+        "feature_backlog_last_third": round(statistics.median(backlog[-third:]), 0),
+        "drain_seconds": round(time.monotonic() - stopped, 2),
+    }
 
 
 def probe_freshness(
@@ -370,18 +420,8 @@ def onnx_vs_torch(
     return {"providers": encoder.providers, "max_len": encoder.max_len, "by_batch": rows}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--warmup", type=int, default=20_000, help="events before training")
-    parser.add_argument("--burst", type=int, default=30_000, help="events for throughput")
-    parser.add_argument("--rate", type=float, default=1_000.0, help="events/s for freshness")
-    parser.add_argument("--duration", type=float, default=30.0, help="freshness seconds")
-    parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-
+def run_once(args: Any, run: int) -> dict[str, Any]:
+    """One complete measurement on a fresh stack."""
     log = io.StringIO()
     work = Path(tempfile.mkdtemp(prefix="recsys-bench-"))
     config = StackConfig(
@@ -391,15 +431,16 @@ def main() -> None:
         log_level="WARNING",
         extra_env={
             "RECSYS_TRAINER_RETRAIN_THRESHOLD": str(10**9),
-            **dict(kv.split("=", 1) for kv in os.environ.get("BENCH_ENV", "").split()),
             # Any served model will do here; quality is bench/evaluate.py's business.
             "RECSYS_TRAINER_MODEL__CONTRASTIVE__TIME_BUDGET_S": "60",
+            **dict(setting.split("=", 1) for setting in args.env),
         },
     )
     cat = synthetic.catalogue(args.items)
+    PROBES.clear()
     with LocalStack(config, Supervisor(out=log, colour=False)) as stack:
         warm = list(synthetic.interactions(cat, args.users, args.warmup, start=time.time() - 3600))
-        print(f"warm-up: {len(cat.items)} items, {len(warm)} events; training a first model")
+        print(f"run {run}: warm-up, {len(cat.items)} items, {len(warm)} events; training")
         publish_events(stack.kafka, cat.items, warm, progress=False)
         probe_users = list(dict.fromkeys(e.user_id for e in reversed(warm)))[:50]
         with grpc.insecure_channel(stack.ranking_address) as channel:
@@ -413,18 +454,21 @@ def main() -> None:
                 "the warm-up stream",
             )
             watcher = VectorWatcher(stack, probe_users)
-            print(f"throughput: a burst of {args.burst} events")
+            print(f"run {run}: throughput, a burst of {args.burst} events")
             throughput = measure_throughput(stack, watcher, cat, args)
             print(json.dumps(throughput))
 
-            print(f"freshness: {args.rate:.0f} events/s for {args.duration:.0f}s with probes")
-            steady = SteadyStream(stack, cat, args)
+            print(f"run {run}: {args.sustain_rate:.0f} events/s for {args.sustain_seconds:.0f}s")
+            sustained = measure_sustained(stack, watcher, cat, args)
+            print(json.dumps(sustained))
+
+            print(f"run {run}: freshness, {args.rate:.0f} events/s for {args.duration:.0f}s")
+            steady = SteadyStream(stack, cat, args.users, args.rate, "steady")
             steady.start()
             processed_before = stack.metric_total("feature", "recsys_feature_events_total")
             samples = probe_freshness(stack, stub, probe_users, args.duration)
             steady.stop()
             processed = stack.metric_total("feature", "recsys_feature_events_total")
-            achieved_rate = steady.achieved_rate
             # Best effort: a probe's vector may be coalesced into a later update of the
             # same user; the breakdown uses the probes whose every stage was seen.
             deadline = time.monotonic() + 10
@@ -436,9 +480,10 @@ def main() -> None:
             watcher.close()
         histogram = batch_histogram(stack)
         full_collections = gc_pauses(stack)
-        speed = onnx_vs_torch(
-            ArtifactStore(work / "artifacts", "recsys"), batches=(1, 4, 16, 64, 256), repeats=15
-        )
+    # Measured with the stack stopped, so the services' idle polling does not share the cores.
+    speed = onnx_vs_torch(
+        ArtifactStore(work / "artifacts", "recsys"), batches=(1, 4, 16, 64, 256), repeats=15
+    )
     (work / "stack.log").write_text(log.getvalue())
     # Every probe's hop times, for looking into the tail (not part of the results).
     probe_times = [
@@ -452,15 +497,13 @@ def main() -> None:
         for probe, event_at, visible_at in PROBES
     ]
     (work / "probes.json").write_text(json.dumps(probe_times, indent=1))
-
-    result = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads visible, CPU only",
-        "users": args.users,
-        "items": args.items,
+    print(f"run {run}: stack logs and probe times in {work}")
+    return {
         "events_per_s": throughput["events_per_s"],
         "throughput": throughput,
+        "sustained": sustained,
         "rate": args.rate,
-        "achieved_rate": round(achieved_rate, 1),
+        "achieved_rate": round(steady.achieved_rate, 1),
         "freshness_ms": {
             "p50": round(percentile(samples, 50), 1),
             "p95": round(percentile(samples, 95), 1),
@@ -472,17 +515,72 @@ def main() -> None:
         "inference_batch_size_histogram": histogram,
         # Full garbage collections stop a whole process: the usual cause of tail spikes.
         "gc_full_collections": full_collections,
-        # Headline at the micro-batch sizes a steady stream produces (see the histogram);
-        # the full curve is beside it.
         "onnx_vs_torch_speedup": {
             f"batch_{row['batch']}": row["speedup"] for row in speed["by_batch"]
         },
         "onnx_vs_torch": speed,
     }
-    print(json.dumps(result, indent=2))
+
+
+def median_of(runs: list[dict[str, Any]], *path: str) -> float:
+    values = []
+    for run in runs:
+        value: Any = run
+        for key in path:
+            value = value[key]
+        values.append(float(value))
+    return round(float(np.median(values)), 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--warmup", type=int, default=20_000, help="events before training")
+    parser.add_argument("--burst", type=int, default=30_000, help="events for throughput")
+    parser.add_argument(
+        "--sustain-rate", type=float, default=3_000.0, help="events/s of the sustained run"
+    )
+    parser.add_argument("--sustain-seconds", type=float, default=30.0)
+    parser.add_argument("--rate", type=float, default=1_000.0, help="events/s for freshness")
+    parser.add_argument("--duration", type=float, default=30.0, help="freshness seconds")
+    parser.add_argument("--runs", type=int, default=1, help="each on a fresh stack; medians")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every service of the stack (repeatable)",
+    )
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if any("=" not in setting for setting in args.env):
+        parser.error("--env takes NAME=VALUE")
+
+    runs = [run_once(args, run) for run in range(1, args.runs + 1)]
+    # On a shared 2-core machine single runs swing; each figure is the median of the runs,
+    # and every run is kept beside it.
+    speedups = runs[0]["onnx_vs_torch_speedup"]
+    result: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
+        "users": args.users,
+        "items": args.items,
+        "runs": len(runs),
+        "settings": args.env,
+        "events_per_s": median_of(runs, "events_per_s"),
+        "sustained": {key: median_of(runs, "sustained", key) for key in runs[0]["sustained"]},
+        "rate": args.rate,
+        "freshness_ms": {q: median_of(runs, "freshness_ms", q) for q in ("p50", "p95", "p99")},
+        "onnx_vs_torch_speedup": {
+            batch: median_of(runs, "onnx_vs_torch_speedup", batch) for batch in speedups
+        },
+        "per_run": runs,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "per_run"}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.out}; stack logs in {work / 'stack.log'}")
+    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":
