@@ -50,7 +50,7 @@ from recsys.devstack.supervisor import Supervisor
 from recsys.events import EVENT_TYPE_IDS, InteractionEvent
 from recsys.kafka import make_consumer, make_producer, produce, usable
 from recsys.model.contrastive import ContrastiveConfig, UserTower
-from recsys.model.onnx_runtime import OnnxUserEncoder
+from recsys.model.onnx_runtime import OnnxUserEncoder, length_buckets, pad_left
 from recsys.model.user_encoder import RecencyWeightedMean, type_weight_vector
 from recsys.publish import publish_events
 from recsys.topics import Topics
@@ -75,6 +75,7 @@ class VectorWatcher:
         self._consumer = make_consumer(stack.kafka, f"bench-watch-{time.time_ns()}")
         self._consumer.subscribe([self._topics.user_vectors, self._topics.user_sequences])
         self.newest: dict[str, float] = {}
+        self.lengths: list[int] = []  # history length behind every user vector seen
         self.stage_times: dict[tuple[str, str], float] = {}  # (stage, probe id) -> seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -93,6 +94,7 @@ class VectorWatcher:
                         self.stage_times[("sequence", value["last_event_id"])] = written
                     continue
                 user, ts = value["user_id"], value["event_timestamp"]
+                self.lengths.append(len(value["recent_item_ids"]))
                 if ts > self.newest.get(user, -1.0):
                     self.newest[user] = ts
                 probe = value["event_id"].rpartition(":")[2]
@@ -160,7 +162,12 @@ def measure_throughput(
 
 class SteadyStream(threading.Thread):
     """Publishes synthetic events at a fixed rate until stopped, remembering the newest
-    event time of every user it published for."""
+    event time of every user it published for.
+
+    The events of the first ``seconds`` are generated before it starts, so the publisher
+    only stamps and sends while it runs: a client of the pipeline does not share its
+    cores, and this one should take as little of them as it can.
+    """
 
     def __init__(
         self,
@@ -169,6 +176,7 @@ class SteadyStream(threading.Thread):
         users: int,
         rate: float,
         name: str,
+        seconds: float,
     ) -> None:
         super().__init__(daemon=True)
         self._stack, self._cat, self._users, self._rate, self._name = stack, cat, users, rate, name
@@ -176,42 +184,51 @@ class SteadyStream(threading.Thread):
         self.sent = 0
         self.started = self.stopped = 0.0
         self.last_event: dict[str, float] = {}
+        self._chunk = 0
+        self._ready = [self._next_chunk() for _ in range(int(rate * seconds) // 5_000 + 1)]
+
+    def _next_chunk(self) -> list[dict[str, Any]]:
+        self._chunk += 1
+        events = synthetic.interactions(
+            self._cat,
+            self._users,
+            5_000,
+            start=time.time(),
+            seed=zlib.crc32(f"{self._name}{self._chunk}".encode()),
+            id_prefix=f"{self._name}{self._chunk}",
+        )
+        return [event.model_dump(mode="json", exclude_none=True) for event in events]
 
     def run(self) -> None:
         producer = make_producer(self._stack.kafka)
         topic = Topics.from_settings(self._stack.kafka).interactions
         started = self.started = time.monotonic()
-        chunk = 0
         while not self._stop_event.is_set():
-            chunk += 1
-            stream = synthetic.interactions(
-                self._cat,
-                self._users,
-                5_000,
-                start=time.time(),
-                seed=zlib.crc32(f"{self._name}{chunk}".encode()),
-                id_prefix=f"{self._name}{chunk}",
-            )
-            self._publish(producer, topic, stream, started)
-        producer.flush(10)
+            chunk = self._ready.pop(0) if self._ready else self._next_chunk()
+            self._publish(producer, topic, chunk, started)
+        # Every published event must be delivered: the drain waits for each user's last.
+        while producer.flush(1.0) > 0:
+            pass
 
-    def _publish(self, producer: Any, topic: str, stream: Any, started: float) -> None:
-        for event in stream:
+    def _publish(
+        self, producer: Any, topic: str, events: list[dict[str, Any]], started: float
+    ) -> None:
+        for event in events:
             if self._stop_event.is_set():
                 return
             due = started + self.sent / self._rate
             delay = due - time.monotonic()
             if delay > 0:
                 self._stop_event.wait(delay)
-            stamped = event.model_copy(update={"timestamp": time.time()})
-            produce(producer, topic, stamped.user_id, stamped.to_bytes())
-            self.last_event[stamped.user_id] = stamped.timestamp
+            event["timestamp"] = now = time.time()
+            produce(producer, topic, event["user_id"], orjson.dumps(event))
+            self.last_event[event["user_id"]] = now
             self.sent += 1
 
     def stop(self) -> None:
         self._stop_event.set()
-        self.join(15)
         self.stopped = time.monotonic()
+        self.join()
 
     @property
     def achieved_rate(self) -> float:
@@ -226,7 +243,10 @@ def measure_sustained(
     reflects their last event soon after the stream stops (the drain)."""
     applied = lambda: stack.metric_total("feature", "recsys_feature_events_total")  # noqa: E731
     before = applied()
-    stream = SteadyStream(stack, cat, args.users, args.sustain_rate, "sustain")
+    stream = SteadyStream(
+        stack, cat, args.users, args.sustain_rate, "sustain", args.sustain_seconds
+    )
+    cpu_before = cpu_seconds(stack)
     stream.start()
     backlog: list[float] = []  # events published but not yet applied, once a second
     deadline = time.monotonic() + args.sustain_seconds
@@ -238,15 +258,21 @@ def measure_sustained(
     stack.wait_for(
         lambda: watcher.caught_up(stream.last_event), args.timeout, "the sustained stream"
     )
+    drained = time.monotonic()
+    cpu_after = cpu_seconds(stack)
     third = max(1, len(backlog) // 3)
     return {
+        "cpu_seconds_per_1k_events": {
+            name: round((cpu_after[name] - cpu_before.get(name, 0.0)) / stream.sent * 1000, 3)
+            for name in cpu_after
+        },
         "offered_rate": args.sustain_rate,
         "achieved_rate": round(stream.achieved_rate, 1),
         "seconds": args.sustain_seconds,
         "events": stream.sent,
         "feature_backlog_first_third": round(statistics.median(backlog[:third]), 0),
         "feature_backlog_last_third": round(statistics.median(backlog[-third:]), 0),
-        "drain_seconds": round(time.monotonic() - stopped, 2),
+        "drain_seconds": round(drained - stopped, 2),
     }
 
 
@@ -370,10 +396,13 @@ def gc_pauses(stack: LocalStack) -> dict[str, dict[str, float]]:
 
 
 def onnx_vs_torch(
-    artifacts: ArtifactStore, batches: tuple[int, ...], repeats: int
+    artifacts: ArtifactStore, batches: tuple[int, ...], repeats: int, lengths: list[int]
 ) -> dict[str, Any]:
     """Median time of the served ONNX user tower vs the same architecture in torch eager,
-    one thread each, per batch size."""
+    one thread each, on the same inputs, per batch size: batches of full-length histories
+    (every position real), and batches whose history lengths are drawn from the stream's
+    user vectors, encoded as inference encodes them (length buckets, each padded to its
+    longest member; torch gets the very same bucket tensors)."""
     loaded = artifacts.load()
     encoder = OnnxUserEncoder(loaded.onnx_path, prefer_cuda=True, intra_op_threads=1)
     hyperparameters = loaded.manifest.hyperparameters
@@ -387,6 +416,7 @@ def onnx_vs_torch(
     module.eval()
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
+    n_types = len(EVENT_TYPE_IDS) + 1
 
     def timed(fn: Any) -> float:
         fn()
@@ -397,27 +427,56 @@ def onnx_vs_torch(
             runs.append(time.perf_counter() - started)
         return statistics.median(runs)
 
-    rows = []
+    def compare(inputs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+        tensors = [(torch.from_numpy(v), torch.from_numpy(t)) for v, t in inputs]
+
+        def eager() -> None:
+            with torch.inference_mode():
+                for tv, tt in tensors:
+                    module(tv, tt)
+
+        def onnx() -> None:
+            for vectors, types in inputs:
+                encoder.encode(vectors, types)
+
+        return timed(onnx), timed(eager)
+
+    def row(batch: int, onnx_s: float, torch_s: float) -> dict[str, float]:
+        return {
+            "batch": batch,
+            "onnx_ms": round(onnx_s * 1000, 3),
+            "torch_eager_ms": round(torch_s * 1000, 3),
+            "speedup": round(torch_s / onnx_s, 2),
+        }
+
+    full, stream = [], []
     for batch in batches:
         vectors = rng.standard_normal((batch, encoder.max_len, encoder.dim)).astype(np.float32)
-        types = rng.integers(1, len(EVENT_TYPE_IDS) + 1, size=(batch, encoder.max_len))
-        tv, tt = torch.from_numpy(vectors), torch.from_numpy(types)
-
-        def eager(tv: torch.Tensor = tv, tt: torch.Tensor = tt) -> None:
-            with torch.inference_mode():
-                module(tv, tt)
-
-        onnx_s = timed(lambda v=vectors, t=types: encoder.encode(v, t))
-        torch_s = timed(eager)
-        rows.append(
-            {
-                "batch": batch,
-                "onnx_ms": round(onnx_s * 1000, 3),
-                "torch_eager_ms": round(torch_s * 1000, 3),
-                "speedup": round(torch_s / onnx_s, 2),
-            }
-        )
-    return {"providers": encoder.providers, "max_len": encoder.max_len, "by_batch": rows}
+        types = rng.integers(1, n_types, size=(batch, encoder.max_len))
+        full.append(row(batch, *compare([(vectors, types)])))
+        if lengths and encoder.dynamic_length:
+            drawn = rng.choice(np.asarray(lengths), size=batch)
+            sequences = [
+                (
+                    rng.standard_normal((n, encoder.dim)).astype(np.float32),
+                    rng.integers(1, n_types, size=n).tolist(),
+                )
+                for n in drawn
+            ]
+            buckets = [
+                pad_left([sequences[int(i)] for i in rows], width, encoder.dim)
+                for rows, width in length_buckets([int(n) for n in drawn], encoder.max_len)
+            ]
+            stream.append(row(batch, *compare(buckets)))
+    return {
+        "providers": encoder.providers,
+        "max_len": encoder.max_len,
+        "by_batch": full,
+        "stream_lengths": {
+            "median_length": float(np.median(lengths)) if lengths else None,
+            "by_batch": stream,
+        },
+    }
 
 
 def run_once(args: Any, run: int) -> dict[str, Any]:
@@ -463,7 +522,7 @@ def run_once(args: Any, run: int) -> dict[str, Any]:
             print(json.dumps(sustained))
 
             print(f"run {run}: freshness, {args.rate:.0f} events/s for {args.duration:.0f}s")
-            steady = SteadyStream(stack, cat, args.users, args.rate, "steady")
+            steady = SteadyStream(stack, cat, args.users, args.rate, "steady", args.duration)
             steady.start()
             processed_before = stack.metric_total("feature", "recsys_feature_events_total")
             samples = probe_freshness(stack, stub, probe_users, args.duration)
@@ -482,7 +541,10 @@ def run_once(args: Any, run: int) -> dict[str, Any]:
         full_collections = gc_pauses(stack)
     # Measured with the stack stopped, so the services' idle polling does not share the cores.
     speed = onnx_vs_torch(
-        ArtifactStore(work / "artifacts", "recsys"), batches=(1, 4, 16, 64, 256), repeats=15
+        ArtifactStore(work / "artifacts", "recsys"),
+        batches=(1, 4, 16, 64, 256),
+        repeats=15,
+        lengths=watcher.lengths,
     )
     (work / "stack.log").write_text(log.getvalue())
     # Every probe's hop times, for looking into the tail (not part of the results).
@@ -517,6 +579,9 @@ def run_once(args: Any, run: int) -> dict[str, Any]:
         "gc_full_collections": full_collections,
         "onnx_vs_torch_speedup": {
             f"batch_{row['batch']}": row["speedup"] for row in speed["by_batch"]
+        },
+        "onnx_vs_torch_speedup_stream_lengths": {
+            f"batch_{row['batch']}": row["speedup"] for row in speed["stream_lengths"]["by_batch"]
         },
         "onnx_vs_torch": speed,
     }
@@ -569,11 +634,19 @@ def main() -> None:
         "runs": len(runs),
         "settings": args.env,
         "events_per_s": median_of(runs, "events_per_s"),
-        "sustained": {key: median_of(runs, "sustained", key) for key in runs[0]["sustained"]},
+        "sustained": {
+            key: median_of(runs, "sustained", key)
+            for key, value in runs[0]["sustained"].items()
+            if not isinstance(value, dict)
+        },
         "rate": args.rate,
         "freshness_ms": {q: median_of(runs, "freshness_ms", q) for q in ("p50", "p95", "p99")},
         "onnx_vs_torch_speedup": {
             batch: median_of(runs, "onnx_vs_torch_speedup", batch) for batch in speedups
+        },
+        "onnx_vs_torch_speedup_stream_lengths": {
+            batch: median_of(runs, "onnx_vs_torch_speedup_stream_lengths", batch)
+            for batch in runs[0]["onnx_vs_torch_speedup_stream_lengths"]
         },
         "per_run": runs,
     }

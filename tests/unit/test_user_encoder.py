@@ -15,6 +15,7 @@ from recsys.model.onnx_runtime import (
     OnnxUserEncoder,
     _export,
     choose_providers,
+    length_buckets,
     export_user_encoder,
     pad_left,
 )
@@ -166,6 +167,18 @@ def test_unknown_event_type_is_treated_as_padding(module: RecencyWeightedMean) -
     np.testing.assert_allclose(
         torch_encode(module, vectors, odd), torch_encode(module, vectors, clean), atol=1e-6
     )
+
+
+def test_length_buckets_are_powers_of_two_padded_to_their_longest() -> None:
+    groups = length_buckets([0, 1, 2, 3, 5, 50, 60, 4], max_len=50)
+    assert [(rows.tolist(), width) for rows, width in groups] == [
+        ([0, 1], 1),
+        ([2], 2),
+        ([3, 7], 4),
+        ([4], 5),
+        ([5, 6], 50),
+    ]
+    assert length_buckets([], max_len=50) == []
 
 
 def test_pad_left_keeps_newest_entries() -> None:

@@ -254,20 +254,28 @@ class OnnxUserEncoder:
     def encode_sequences(self, sequences: Sequence[tuple[np.ndarray, Sequence[int]]]) -> np.ndarray:
         """User vectors for (item vectors [n, dim], event type ids [n]) pairs, oldest first.
 
-        With a dynamic sequence axis, sequences are grouped by length into power-of-two
-        buckets and each bucket is padded to its own longest member: padding at most
-        doubles a sequence, where one long history would otherwise pad a whole batch.
+        With a dynamic sequence axis, each :func:`length_buckets` group is padded to its
+        own longest member: padding at most doubles a sequence, where one long history
+        would otherwise pad a whole batch to ``max_len``.
         """
         if not self.dynamic_length or not sequences:
             return self.encode(*pad_left(sequences, self.max_len, self.dim))
-        lengths = np.array([min(len(types), self.max_len) for _, types in sequences])
-        buckets = np.left_shift(1, np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64))
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
-        for bucket in np.unique(buckets):
-            rows = np.flatnonzero(buckets == bucket)
-            width = max(1, int(lengths[rows].max()))
+        for rows, width in length_buckets([len(types) for _, types in sequences], self.max_len):
             out[rows] = self.encode(*pad_left([sequences[int(i)] for i in rows], width, self.dim))
         return out
+
+
+def length_buckets(lengths: Sequence[int], max_len: int) -> list[tuple[np.ndarray, int]]:
+    """Group sequences by length (capped at ``max_len``) into power-of-two buckets:
+    (the rows of one bucket, the longest of them, at least 1), shortest bucket first."""
+    capped = np.minimum(np.asarray(lengths, dtype=np.int64), max_len)
+    buckets = np.left_shift(1, np.ceil(np.log2(np.maximum(capped, 1))).astype(np.int64))
+    groups = []
+    for bucket in np.unique(buckets):
+        rows = np.flatnonzero(buckets == bucket)
+        groups.append((rows, max(1, int(capped[rows].max()))))
+    return groups
 
 
 def pad_left(
