@@ -15,8 +15,8 @@ from recsys.model.onnx_runtime import (
     OnnxUserEncoder,
     _export,
     choose_providers,
-    length_buckets,
     export_user_encoder,
+    length_buckets,
     pad_left,
 )
 from recsys.model.user_encoder import (
