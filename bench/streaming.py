@@ -3,12 +3,12 @@
 Starts the whole local stack (the same wiring as ``make run``) on a fresh broker, trains a
 first model on a warm-up stream of a synthetic catalogue, then measures:
 
-- freshness at a fixed rate: while a background stream runs at ``--rate`` events/s, probe
-  users buy their current top item; freshness is the time from the event's timestamp
-  until a ranking query over gRPC no longer returns that item (p50/p95/p99, and per hop);
 - throughput: a burst of events published as fast as possible, timed until every user's
   vector on ``user-vectors`` reflects that user's last event (events/s end to end), with
   the CPU seconds each process (services, broker, this benchmark) spent per 1,000 events;
+- freshness at a fixed rate: while a background stream runs at ``--rate`` events/s, probe
+  users buy their current top item; freshness is the time from the event's timestamp
+  until a ranking query over gRPC no longer returns that item (p50/p95/p99, and per hop);
 - sustained: a steady stream at ``--sustain-rate`` (default 3,000 events/s) for
   ``--sustain-seconds``; it keeps up if the feature worker's backlog does not grow and
   every user's vector is current soon after the stream stops (the drain);
@@ -515,10 +515,15 @@ def run_once(args: Any, run: int) -> dict[str, Any]:
                 "the warm-up stream",
             )
             watcher = VectorWatcher(stack, probe_users)
-            # Freshness first: Tansu's in-memory log makes a fetch cost more with every
-            # record batch a topic holds (0.05 -> 0.56 cores to consume 1,000 events/s
-            # after 10,000 small batches), so each phase slows the broker for the next;
-            # the 1,000 events/s steady state is measured before the bursts pile up.
+            # Tansu's in-memory log makes a fetch cost more with every record batch a topic
+            # holds (0.05 -> 0.56 cores to consume 1,000 events/s after 10,000 small
+            # batches), so each phase slows the broker for the next: the phases run in the
+            # order of what they add to the log, the short burst first, the long
+            # sustained stream last.
+            print(f"run {run}: throughput, a burst of {args.burst} events")
+            throughput = measure_throughput(stack, watcher, cat, args)
+            print(json.dumps(throughput))
+
             print(f"run {run}: freshness, {args.rate:.0f} events/s for {args.duration:.0f}s")
             steady = SteadyStream(stack, cat, args.users, args.rate, "steady", args.duration)
             cpu_before = cpu_seconds(stack)
@@ -544,10 +549,6 @@ def run_once(args: Any, run: int) -> dict[str, Any]:
             stack.wait_for(
                 lambda: watcher.caught_up(steady.last_event), args.timeout, "the steady stream"
             )
-
-            print(f"run {run}: throughput, a burst of {args.burst} events")
-            throughput = measure_throughput(stack, watcher, cat, args)
-            print(json.dumps(throughput))
 
             print(f"run {run}: {args.sustain_rate:.0f} events/s for {args.sustain_seconds:.0f}s")
             sustained = measure_sustained(stack, watcher, cat, args)
