@@ -25,6 +25,7 @@ and ratios matter, not single values.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -243,7 +244,7 @@ def measure_sustained(
     """A steady stream at ``--sustain-rate`` for ``--sustain-seconds``. The pipeline keeps
     up if the feature worker's backlog does not grow over the run and every user's vector
     reflects their last event soon after the stream stops (the drain)."""
-    applied = lambda: stack.metric_total("feature", "recsys_feature_events_total")  # noqa: E731
+    applied = functools.partial(stack.metric_total, "feature", "recsys_feature_events_total")
     before = applied()
     stream = SteadyStream(
         stack, cat, args.users, args.sustain_rate, "sustain", args.sustain_seconds
@@ -345,55 +346,37 @@ def stage_breakdown(watcher: VectorWatcher) -> dict[str, dict[str, float]]:
 
 
 def batch_histogram(stack: LocalStack) -> dict[str, float]:
+    """Inference's batch-size histogram, per bucket rather than cumulative."""
     buckets: dict[str, float] = {}
     previous = 0.0
-    url = f"http://127.0.0.1:{stack.http_ports['inference']}/metrics"
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        if family.name != "recsys_inference_batch_size":
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_bucket"):
-                # Cumulative buckets -> per-bucket counts.
-                buckets[f"<={sample.labels['le']}"] = sample.value - previous
-                previous = sample.value
+    for sample in stack.metric_samples("inference", timeout_s=5):
+        if sample.name == "recsys_inference_batch_size_bucket":
+            buckets[f"<={sample.labels['le']}"] = sample.value - previous
+            previous = sample.value
     return buckets
 
 
 def gc_pauses(stack: LocalStack) -> dict[str, dict[str, float]]:
     """Each service's full garbage collections so far: how many, their total seconds, and
     how many stopped the process for longer than 100 ms (from its /metrics)."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
     pauses = {}
-    for service, port in stack.http_ports.items():
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-                text = answer.read().decode()
-        except OSError:
+    for service in stack.http_ports:
+        full = {
+            sample.name.removeprefix("recsys_gc_pause_seconds"): sample
+            for sample in stack.metric_samples(service, timeout_s=5)
+            if sample.name.startswith("recsys_gc_pause_seconds")
+            and sample.labels.get("generation") == "2"
+            and sample.labels.get("le") in (None, "0.1")
+        }
+        if not full:  # no full collection yet, or the service did not answer
+            pauses[service] = {"collections": 0.0, "seconds": 0.0, "over_100ms": 0.0}
             continue
-        found = {"collections": 0.0, "seconds": 0.0, "over_100ms": 0.0}
-        for family in text_string_to_metric_families(text):
-            if family.name != "recsys_gc_pause_seconds":
-                continue
-            for sample in family.samples:
-                if sample.labels.get("generation") != "2":
-                    continue
-                if sample.name.endswith("_count"):
-                    found["collections"] = sample.value
-                    found["over_100ms"] += sample.value
-                elif sample.name.endswith("_sum"):
-                    found["seconds"] = round(sample.value, 3)
-                elif sample.name.endswith("_bucket") and sample.labels["le"] == "0.1":
-                    found["over_100ms"] -= sample.value
-        pauses[service] = found
+        collections = full["_count"].value
+        pauses[service] = {
+            "collections": collections,
+            "seconds": round(full["_sum"].value, 3),
+            "over_100ms": collections - full["_bucket"].value,
+        }
     return pauses
 
 

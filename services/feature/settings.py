@@ -22,7 +22,9 @@ class FeatureSettings(BaseSettings):
     batch_size: int = Field(1_000, ge=1, description="events applied per batch")
     batch_wait_ms: int = Field(10, ge=1, description="longest wait to fill a batch")
     data_dir: Path = Field(Path(".data/feature"), description="faust worker data folder")
-    producer_linger_ms: int = Field(5, ge=0, description="changelog producer linger")
+    producer_linger_ms: int = Field(
+        5, ge=0, description="linger of faust's producer (dead letters, re-keyed events)"
+    )
     producer_max_batch_size: int = Field(
         16_384,
         ge=1,

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from recsys.devstack.broker import LocalBroker
 from recsys.devstack.ports import free_port, port_open
@@ -130,20 +131,21 @@ class LocalStack:
         self.supervisor.say("stack", f"ranking gRPC on {self.ranking_address}")
         return self
 
-    def metric_total(self, service: str, name: str) -> float:
-        """Sum of a counter's samples on a service's /metrics endpoint (0 if unreachable)."""
+    def metric_samples(self, service: str, timeout_s: float = 2.0) -> list[Sample]:
+        """Every sample on a service's /metrics endpoint (none if it does not answer)."""
         url = f"http://127.0.0.1:{self.http_ports[service]}/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
                 text = response.read().decode()
         except OSError:
-            return 0.0
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name
-        )
+            return []
+        return [
+            sample for family in text_string_to_metric_families(text) for sample in family.samples
+        ]
+
+    def metric_total(self, service: str, name: str) -> float:
+        """Sum of a counter's samples on a service's /metrics endpoint (0 if unreachable)."""
+        return sum(sample.value for sample in self.metric_samples(service) if sample.name == name)
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         """Poll ``condition`` until true; fail early, with its last logs, if a service died."""
