@@ -1,4 +1,5 @@
-"""The faust application: topics, the recent-interactions table and the agent.
+"""The faust application: topics, the recent-interactions and item-popularity tables, and
+the agent.
 
 Interactions are partitioned by user id, so the table shard that holds a user lives with
 the partition that carries the user's events; a message keyed otherwise is re-published
@@ -31,6 +32,7 @@ from recsys.kafka import (
     raise_on_failure,
 )
 from recsys.lifecycle import freeze_startup_heap
+from recsys.popularity import PartialCount, popularity_key
 from recsys.settings import KafkaSettings
 from recsys.topics import Topics
 from services.feature.durable_table import add_durable_table
@@ -140,6 +142,29 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
         key_type=str,
         value_type=bytes,
     )
+    # Time-decayed counts per (partition, item) of the events this worker applies. The
+    # public item-popularity topic is the table's changelog: ranking reads the partials
+    # there, and a partition's partials move with it on a rebalance like users' state.
+    popularity = add_durable_table(
+        app,
+        "item-popularity",
+        output,
+        default=None,
+        key_type=bytes,  # raw keys (a str key would be written as a JSON string)
+        value_type=bytes,
+        changelog_topic=app.topic(
+            topics.item_popularity,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=kafka.partitions,
+            compacting=True,
+            internal=True,
+            acks=False,  # as faust's own changelogs: read by recovery, never acknowledged
+        ),
+    )
+    weights = settings.event_weights
     feature_app = FeatureApp(app=app, settings=settings)
 
     async def send_dead_letter(message: Any, reason: str) -> None:
@@ -158,16 +183,42 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
             extra={"reason": reason, "partition": message.partition, "offset": message.offset},
         )
 
+    def count_popularity(
+        counts: dict[tuple[int, str], PartialCount],
+        partition: int,
+        interaction: InteractionEvent,
+        offset: int,
+    ) -> None:
+        """Add a new event to its item's count, unless the published record holds it."""
+        counted = counts.get((partition, interaction.item_id))
+        if counted is None:
+            key = popularity_key(partition, interaction.item_id).encode()
+            counted = counts[partition, interaction.item_id] = PartialCount.from_record(
+                popularity.get(key)
+            )
+        # (A batch is applied user by user, not in offset order: compare with the record.)
+        if not counted.holds(offset):
+            counted.add(interaction.timestamp, weights[interaction.event_type], offset)
+
     async def apply_batch(events: Sequence[Any]) -> None:
-        """Apply a batch; each changed user gets one table write and one sequence message.
+        """Apply a batch; each changed user gets one table write and one sequence message,
+        each item counted one record per partition.
 
         Events are grouped by user (arrival order kept) and applied one user at a time, so
         a single decoded state is alive at once rather than one per user in the batch: a
         full batch under backlog touches hundreds of users, and holding all their decoded
         states raised the worker's memory high-water mark with every larger batch.
+
+        A message is counted in item popularity when it is new to its user. A kill while
+        a batch's records are being delivered can leave the users' records delivered and
+        the popularity records not (there is no transaction across topics); the replayed
+        batch is then a duplicate to the users. So each user's state keeps the offsets it
+        applied as new in its last batch, each popularity record the highest offset it
+        counted, and a replayed message the user has applied is counted again only if it
+        was new then and its item's record does not hold it yet.
         """
-        # user -> (their valid events in arrival order, partition their events come from)
-        by_user: dict[str, tuple[list[InteractionEvent], int]] = {}
+        # user -> (their valid events and offsets in arrival order, their partition)
+        by_user: dict[str, tuple[list[tuple[InteractionEvent, int]], int]] = {}
         for event in events:
             message = event.message
             try:
@@ -176,6 +227,9 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 EVENTS.labels("dead_lettered").inc()
                 await send_dead_letter(message, str(exc))
                 continue
+            if interaction.event_type not in weights:
+                EVENTS.labels("ignored").inc()  # a valid event of a type not kept
+                continue
             user = interaction.user_id
             if message.key != user.encode():
                 # Keep the table co-partitioned: route the event to its user's partition.
@@ -183,14 +237,24 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 EVENTS.labels("rekeyed").inc()
                 continue
             if user in by_user:
-                by_user[user][0].append(interaction)
+                by_user[user][0].append((interaction, message.offset))
             else:
-                by_user[user] = ([interaction], message.partition)
+                by_user[user] = ([(interaction, message.offset)], message.partition)
         changed = False
+        counts: dict[tuple[int, str], PartialCount] = {}
         for user, (user_events, partition) in by_user.items():
             state: UserState | None = decode_state(recent.get(user))
+            applied_through = state.get("offset", -1) if state is not None else -1
+            new_before = set(state.get("new_offsets", ())) if state is not None else set()
             last: InteractionEvent | None = None
-            for interaction in user_events:
+            new_offsets: list[int] = []
+            for interaction, offset in user_events:
+                if offset <= applied_through:  # redelivered: the state holds it already
+                    EVENTS.labels("duplicate").inc()
+                    if offset in new_before:  # (kept with this batch's, should it be lost)
+                        new_offsets.append(offset)
+                        count_popularity(counts, partition, interaction, offset)
+                    continue
                 state, is_new = apply_interaction(
                     state,
                     interaction,
@@ -200,10 +264,14 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 )
                 if is_new:
                     last = interaction
+                    new_offsets.append(offset)
                     EVENTS.labels("processed").inc()
+                    count_popularity(counts, partition, interaction, offset)
                 else:
                     EVENTS.labels("duplicate").inc()
             if state is not None and last is not None:
+                state["offset"] = user_events[-1][1]
+                state["new_offsets"] = new_offsets
                 recent.put(user, encode_state(state), partition=partition)
                 produce(
                     output,
@@ -213,7 +281,12 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                     on_delivery=raise_on_failure,
                 )
                 changed = True
-        # Both the sequences and the table's changelog are delivered before faust
+        for (partition, item_id), counted in counts.items():
+            if counted.added:
+                key = popularity_key(partition, item_id).encode()
+                popularity.put(key, counted.to_record(item_id, partition), partition=partition)
+                changed = True
+        # The sequences and both tables' changelogs are delivered before faust
         # acknowledges the batch's offsets: at least once, with no state lost to a kill.
         if changed:
             undelivered = await asyncio.to_thread(output.flush, 30)

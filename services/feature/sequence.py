@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import bisect
 import hashlib
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import orjson
 
@@ -23,6 +23,12 @@ class UserState(TypedDict):
     entries: list[dict[str, Any]]  # SequenceEntry dicts, oldest first
     seen: list[str]  # distinct item ids, oldest first
     event_digests: str  # digests of recent event ids, oldest first, for deduplication
+    # Set by the worker on each write: the last offset of the user's partition applied,
+    # and the offsets applied as new events in that batch. A message redelivered after a
+    # crash is recognised by offset, and still counted in item popularity if its batch's
+    # popularity records were lost (see app.py).
+    offset: NotRequired[int]
+    new_offsets: NotRequired[list[int]]
 
 
 # The dedupe window is the largest part of a user's state: a UUID event id costs ~35 bytes

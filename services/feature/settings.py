@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recsys.events import EVENT_TYPES
 from recsys.settings import KafkaSettings, ObservabilitySettings
+
+
+def _default_event_weights() -> dict[str, float]:
+    # The trainer's default reward weights: a purchase says more than a view.
+    return {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rating": 1.0}
 
 
 class FeatureSettings(BaseSettings):
@@ -18,6 +25,11 @@ class FeatureSettings(BaseSettings):
     max_seen_items: int = Field(1_000, ge=0, description="distinct items kept for exclusion")
     dedupe_window: int = Field(
         500, ge=1, description="recent event ids kept per user (as 12-character digests)"
+    )
+    event_weights: dict[str, float] = Field(
+        default_factory=_default_event_weights,
+        description="event types kept and their weight in item popularity (JSON object);"
+        " a type left out, or weighted 0, is ignored",
     )
     batch_size: int = Field(1_000, ge=1, description="events applied per batch")
     batch_wait_ms: int = Field(10, ge=1, description="longest wait to fill a batch")
@@ -34,3 +46,17 @@ class FeatureSettings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     obs: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+
+    @field_validator("event_weights")
+    @classmethod
+    def _known_event_types(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(EVENT_TYPES))
+        if unknown:
+            raise ValueError(f"unknown event types {unknown}; known: {list(EVENT_TYPES)}")
+        bad = sorted(t for t, w in weights.items() if not (math.isfinite(w) and w >= 0))
+        if bad:
+            raise ValueError(f"weights of {bad} must be finite and >= 0")
+        kept = {t: float(w) for t, w in weights.items() if w > 0}
+        if not kept:
+            raise ValueError("keep at least one event type (a weight above 0)")
+        return kept

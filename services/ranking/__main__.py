@@ -39,9 +39,7 @@ async def run(settings: RankingSettings, store: VectorStore) -> None:
     http: HealthServer | None = None
     trending: TrendingConsumer | None = None
     if settings.trending:
-        trending = TrendingConsumer(
-            settings.kafka, DecayedPopularity(), settings.trending_lookback_s
-        ).start()
+        trending = TrendingConsumer(settings.kafka, DecayedPopularity()).start()
     try:
         running = await serve(settings, store, trending=trending)
         try:

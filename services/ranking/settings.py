@@ -71,10 +71,8 @@ class RankingSettings(BaseSettings):
         0.5, gt=0, description="deadline of one Embed call (capped by the caller's deadline)"
     )
     trending: bool = Field(
-        True, description="fold the interactions topic into trending counts for Popular"
-    )
-    trending_lookback_s: float = Field(
-        28 * 86_400.0, gt=0, description="how far back a starting replica reads interactions"
+        True,
+        description="read the feature service's item-popularity topic for trending Popular",
     )
     auth_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,

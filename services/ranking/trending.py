@@ -1,37 +1,41 @@
-"""Trending items: interactions counted with exponential time decay, per window.
+"""Trending items: the feature service's time-decayed counts, summed over partitions.
 
-Popularity is a global per-item aggregate, while the feature worker is partitioned by
-user, so each ranking replica folds the ``interactions`` topic itself (a dictionary
-update per event) instead of merging partial counts from every feature partition.
+The feature workers are partitioned by user, so each publishes a partial count per
+(partition, item) on the compacted ``item-popularity`` topic (:mod:`recsys.popularity`).
+Every ranking replica reads the whole topic and keeps, per item, the log-sum of its
+latest partials: a starting replica reads one record per (partition, item) instead of
+weeks of interactions, and never parses an interaction.
 
-Each window has a half-life (hour, day, week): an interaction of age ``a`` counts
-``2 ** (-a / half_life)``. Scores are kept in the log domain, ``log2(sum 2 ** (t / h))``,
-so they never overflow and need no "now" to update: the decayed score at any time is
-``2 ** (L - now / h)``, and the order of items does not depend on when it is read. A
-response reports each item's share of the window's decayed interactions.
+Each window has a half-life (hour, day, week); a response reports each item's share of
+the window's decayed interactions.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
-import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from prometheus_client import Counter
 
+from recsys.events import POPULARITY_WINDOWS, InvalidEvent, ItemPopularity, parse_event
 from recsys.kafka import make_consumer
+from recsys.popularity import parse_popularity_key
 from recsys.settings import KafkaSettings
 from recsys.topics import Topics
 
 log = logging.getLogger(__name__)
 
-HALF_LIVES_S: Mapping[str, float] = {"hour": 3600.0, "day": 86_400.0, "week": 604_800.0}
+RECORDS = Counter(
+    "recsys_ranking_popularity_records_total",
+    "item-popularity records read by outcome (applied, tombstone, invalid)",
+    ["outcome"],
+)
 # How long a ranked list is reused before it is recomputed from the scores.
 _RANKED_TTL_S = 1.0
 
@@ -42,34 +46,50 @@ class TrendingSource(Protocol):
 
 
 class DecayedPopularity:
-    """Time-decayed interaction counts per item for several half-lives; thread-safe."""
+    """Per item, the log-sum of its partial scores over partitions; thread-safe."""
 
-    def __init__(self, half_lives_s: Mapping[str, float] = HALF_LIVES_S) -> None:
-        self._windows = list(half_lives_s)
-        self._inverse = np.array([1.0 / half_lives_s[w] for w in self._windows])
+    def __init__(self) -> None:
+        self._windows: list[str] = list(POPULARITY_WINDOWS)
         self._index: dict[str, int] = {}
         self._ids: list[str] = []
+        self._partials: list[dict[int, np.ndarray]] = []  # per row: partition -> scores
         self._log_scores = np.full((1024, len(self._windows)), -np.inf)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, list[tuple[str, float]]]] = {}
-        self.events = 0
+        self.records = 0
 
-    def add(self, item_id: str, timestamp: float, weight: float = 1.0) -> None:
-        if weight <= 0 or not math.isfinite(timestamp):
-            return
-        increment = math.log2(weight) + timestamp * self._inverse
+    def set_partial(self, item_id: str, partition: int, log2_scores: Sequence[float]) -> None:
+        """The item's latest partial score from ``partition`` (one per window)."""
+        with self._lock:
+            row = self._row(item_id)
+            self._partials[row][partition] = np.asarray(log2_scores, dtype=np.float64)
+            self._sum(row)
+            self.records += 1
+
+    def drop_partial(self, item_id: str, partition: int) -> None:
+        """Forget ``partition``'s partial score of the item (a tombstone)."""
         with self._lock:
             row = self._index.get(item_id)
-            if row is None:
-                row = len(self._ids)
-                if row == len(self._log_scores):
-                    grown = np.full((row * 2, len(self._windows)), -np.inf)
-                    grown[:row] = self._log_scores
-                    self._log_scores = grown
-                self._index[item_id] = row
-                self._ids.append(item_id)
-            self._log_scores[row] = np.logaddexp2(self._log_scores[row], increment)
-            self.events += 1
+            if row is not None and self._partials[row].pop(partition, None) is not None:
+                self._sum(row)
+            self.records += 1
+
+    def _row(self, item_id: str) -> int:
+        row = self._index.get(item_id)
+        if row is None:
+            row = len(self._ids)
+            if row == len(self._log_scores):
+                grown = np.full((row * 2, len(self._windows)), -np.inf)
+                grown[:row] = self._log_scores
+                self._log_scores = grown
+            self._index[item_id] = row
+            self._ids.append(item_id)
+            self._partials.append({})
+        return row
+
+    def _sum(self, row: int) -> None:
+        partials = list(self._partials[row].values())
+        self._log_scores[row] = np.logaddexp2.reduce(np.stack(partials)) if partials else -np.inf
 
     def ranked(self, window: str, limit: int = 5000) -> list[tuple[str, float]]:
         """The ``limit`` items with the highest decayed count, with their share."""
@@ -82,29 +102,27 @@ class DecayedPopularity:
             n = len(self._ids)
             scores = self._log_scores[:n, column].copy()
             ids = list(self._ids)
-        if n == 0:
+        counted = np.isfinite(scores)  # an item whose partials were all dropped is not
+        if not counted.any():
             return []
-        total = float(np.logaddexp2.reduce(scores))
-        top = np.argsort(-scores, kind="stable")[:limit]
+        total = float(np.logaddexp2.reduce(scores[counted]))
+        top = np.argsort(-scores, kind="stable")[: min(limit, int(counted.sum()))]
         result = [(ids[i], float(2.0 ** (scores[i] - total))) for i in top]
         self._cache[window] = (now, result)
         return result
 
 
 class TrendingConsumer:
-    """Folds ``interactions`` into a :class:`DecayedPopularity` on a daemon thread.
+    """Reads ``item-popularity`` into a :class:`DecayedPopularity` on a daemon thread.
 
-    Every replica reads every partition (no consumer group offsets are committed),
-    starting ``lookback_s`` before now, so a restart rebuilds the counts from the log.
-    Messages that do not parse are skipped here: the feature service dead-letters them.
+    Every replica reads every partition from the beginning (no consumer group offsets
+    are committed), so a restart rebuilds the scores from the compacted topic. Records
+    that do not validate are counted and skipped: one bad record must not stop trending.
     """
 
-    def __init__(
-        self, kafka: KafkaSettings, popularity: DecayedPopularity, lookback_s: float
-    ) -> None:
+    def __init__(self, kafka: KafkaSettings, popularity: DecayedPopularity) -> None:
         self._kafka = kafka
         self.popularity = popularity
-        self._lookback_s = lookback_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trending", daemon=True)
 
@@ -121,7 +139,7 @@ class TrendingConsumer:
 
     def _run(self) -> None:
         consumer: Consumer | None = None
-        topic = Topics.from_settings(self._kafka).interactions
+        topic = Topics.from_settings(self._kafka).item_popularity
         while not self._stop.is_set():
             try:
                 if consumer is None:
@@ -132,7 +150,7 @@ class TrendingConsumer:
                         if error.code() != KafkaError._PARTITION_EOF:
                             log.warning("trending consumer error", extra={"error": str(error)})
                         continue
-                    self._fold(message.value())
+                    self._apply(message)
             except Exception:
                 # broker down or topic missing: retry with a fresh consumer, never die
                 log.exception("trending consumer failed; retrying in 2 s")
@@ -149,20 +167,35 @@ class TrendingConsumer:
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
             consumer.close()
             raise RuntimeError(f"topic {topic} is not there yet")
-        since_ms = int((time.time() - self._lookback_s) * 1000)
-        wanted = [TopicPartition(topic, p, since_ms) for p in metadata.topics[topic].partitions]
-        consumer.assign(consumer.offsets_for_times(wanted, timeout=10))
-        log.info("trending consumer started", extra={"topic": topic, "partitions": len(wanted)})
+        partitions = metadata.topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        log.info("trending consumer started", extra={"topic": topic, "partitions": len(partitions)})
         return consumer
 
-    def _fold(self, value: bytes | None) -> None:
-        if not value:
+    def _apply(self, message: Message) -> None:
+        value = message.value()
+        if value is None:  # a tombstone: the partial is gone
+            try:
+                partition, item_id = parse_popularity_key(message.key() or b"")
+            except (UnicodeDecodeError, ValueError):
+                RECORDS.labels("invalid").inc()
+                return
+            self.popularity.drop_partial(item_id, partition)
+            RECORDS.labels("tombstone").inc()
             return
         try:
-            event = orjson.loads(value)
-            item_id = event["item_id"]
-            timestamp = float(event["timestamp"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            record = parse_event(ItemPopularity, value)
+        except InvalidEvent as exc:
+            RECORDS.labels("invalid").inc()
+            log.warning(
+                "invalid item-popularity record skipped",
+                extra={
+                    "reason": str(exc),
+                    "partition": message.partition(),
+                    "offset": message.offset(),
+                },
+            )
             return
-        if isinstance(item_id, str) and item_id:
-            self.popularity.add(item_id, timestamp)
+        scores = [record.log2_scores[w] for w in POPULARITY_WINDOWS]
+        self.popularity.set_partial(record.item_id, record.partition, scores)
+        RECORDS.labels("applied").inc()

@@ -217,6 +217,39 @@ class ItemVector(_VectorEvent):
         return self
 
 
+PopularityWindow = Literal["hour", "day", "week"]
+POPULARITY_WINDOWS: tuple[PopularityWindow, ...] = ("hour", "day", "week")
+
+
+class ItemPopularity(_Event):
+    """One feature partition's time-decayed interaction count of an item.
+
+    Topic ``item-popularity`` (compacted), key ``<partition>/<item_id>``, written to
+    partition ``partition``: the feature worker that owns that partition of
+    ``interactions`` publishes it and recovers it from there. An item's popularity is
+    the log-sum of its records over all partitions (see :mod:`recsys.popularity`).
+    """
+
+    item_id: Identifier
+    partition: int = Field(ge=0)
+    log2_scores: dict[PopularityWindow, FiniteFloat] = Field(
+        description="per window, log2 of the sum of weight * 2 ** (timestamp / half-life)"
+    )
+    events: int = Field(ge=1, description="interactions counted")
+    latest_timestamp: Timestamp = Field(description="the newest interaction counted")
+    through_offset: int = Field(
+        ge=0, description="the highest offset of this partition of interactions counted"
+    )
+
+    @field_validator("log2_scores")
+    @classmethod
+    def _every_window(cls, scores: dict[str, float]) -> dict[str, float]:
+        missing = [w for w in POPULARITY_WINDOWS if w not in scores]
+        if missing:
+            raise ValueError(f"missing windows {missing}")
+        return scores
+
+
 class ModelUpdate(_Event):
     """Topic ``model-updates``, key the model name: serve this version now.
 

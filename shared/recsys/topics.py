@@ -16,18 +16,20 @@ ITEMS = "items"
 USER_SEQUENCES = "user-sequences"
 USER_VECTORS = "user-vectors"
 ITEM_VECTORS = "item-vectors"
+ITEM_POPULARITY = "item-popularity"
 MODEL_UPDATES = "model-updates"
 DEAD_LETTER = "dead-letter"
 TRAINER_COMMANDS = "trainer-commands"
 
 # Topics keyed by an entity whose latest value is all that matters.
-COMPACTED = frozenset({USER_SEQUENCES, USER_VECTORS, ITEM_VECTORS})
+COMPACTED = frozenset({USER_SEQUENCES, USER_VECTORS, ITEM_VECTORS, ITEM_POPULARITY})
 ALL_TOPICS = (
     INTERACTIONS,
     ITEMS,
     USER_SEQUENCES,
     USER_VECTORS,
     ITEM_VECTORS,
+    ITEM_POPULARITY,
     MODEL_UPDATES,
     DEAD_LETTER,
     TRAINER_COMMANDS,
@@ -69,6 +71,10 @@ class Topics:
     @property
     def item_vectors(self) -> str:
         return self.name(ITEM_VECTORS)
+
+    @property
+    def item_popularity(self) -> str:
+        return self.name(ITEM_POPULARITY)
 
     @property
     def model_updates(self) -> str:

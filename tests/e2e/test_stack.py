@@ -235,7 +235,7 @@ def test_embed_encodes_a_session_with_the_serving_model(
 def test_every_ranking_method_answers_over_the_running_stack(
     stub: ranking_pb2_grpc.RankingServiceStub,
 ) -> None:
-    """Sessions go through inference's Embed, trending through the live interactions."""
+    """Sessions go through inference's Embed; trending through the feature workers' counts."""
     serving = recommend(stub, "user-0", k=1).model_version
     session = stub.RecommendForSession(
         ranking_pb2.SessionRequest(

@@ -19,11 +19,13 @@ from confluent_kafka import KafkaError, Message
 from recsys.devstack.ports import free_port
 from recsys.events import InteractionEvent, UserSequence
 from recsys.kafka import make_producer, produce
+from recsys.popularity import PartialCount
 from recsys.settings import KafkaSettings
 from recsys.topics import Topics
+from services.feature.settings import FeatureSettings
 from tests.conftest import kafka_env
 from tests.support.services import FeatureWorker
-from tests.support.topics import TopicReader
+from tests.support.topics import TopicReader, assert_same_counts, popularity_totals
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +51,17 @@ class Stream:
     messages: list[tuple[str, bytes]] = field(default_factory=list)  # (user, value) in order
     expected: dict[str, list[str]] = field(default_factory=dict)  # user -> event ids, in order
     resent: set[str] = field(default_factory=set)  # event ids sent more than once
+    distinct: list[InteractionEvent] = field(default_factory=list)  # each event once
+
+    def popularity(self) -> dict[str, PartialCount]:
+        """Each item's popularity, as the feature worker's default weights count it."""
+        weights = FeatureSettings().event_weights
+        counts: dict[str, PartialCount] = {}
+        for event in self.distinct:
+            counts.setdefault(event.item_id, PartialCount()).add(
+                event.timestamp, weights[event.event_type]
+            )
+        return counts
 
 
 def build_stream(seed: int = 7) -> Stream:
@@ -98,6 +111,7 @@ def build_stream(seed: int = 7) -> Stream:
             key=lambda e: (e.timestamp, first_seen[e.event_id]),
         )
         stream.expected[user] = [e.event_id for e in distinct]
+        stream.distinct.extend(distinct)
 
     # The early-only users' events are spread over the first EARLY_SPAN messages, so
     # their last events are processed around the kill; the others' over the whole stream.
@@ -234,6 +248,7 @@ def test_sigkill_and_restart_lose_and_duplicate_nothing(
 
     reader = TopicReader(kafka, [topics.user_sequences])
     sequences = LatestSequences(reader)
+    popularity = TopicReader(kafka, [topics.item_popularity])
     try:
         deadline = time.monotonic() + 90
         processed = first.counter("processed")
@@ -270,9 +285,25 @@ def test_sigkill_and_restart_lose_and_duplicate_nothing(
                     + "\n".join(problems[:10])
                     + f"\n--- restarted worker log ---\n{second.log_tail()}"
                 )
+        # Item popularity is counted once per event new to its user, and recovered with
+        # the users' state: the restart neither resets it nor counts anything twice, and
+        # a batch whose popularity records the kill lost is counted when it is replayed.
+        want = stream.popularity()
+        total = sum(c.events for c in want.values())
+        deadline = time.monotonic() + 30
+        while sum(c.events for c in popularity_totals(popularity.messages).values()) < total:
+            assert time.monotonic() < deadline, (
+                f"popularity never caught up: {total} events published,"
+                f" {sum(c.events for c in popularity_totals(popularity.messages).values())} counted"
+            )
+            popularity.poll(0.2)
+        popularity.poll(1.0)
+        got = popularity_totals(popularity.messages)
     finally:
         reader.close()
+        popularity.close()
 
+    assert_same_counts(got, want)
     assert second.process.poll() is None, "the restarted worker must keep running"
     # One user's sequences always go to one partition, so "last by offset" is well defined.
     assert all(len(parts) == 1 for parts in sequences.partitions.values())

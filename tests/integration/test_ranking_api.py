@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.artifacts import ArtifactStore
 from recsys.model.text_encoder import EmbeddingCache
+from recsys.popularity import PartialCount
 from recsys.v1 import ranking_pb2, ranking_pb2_grpc
 from recsys.vectorstore.base import VectorRecord, VectorStore
 from services.inference.grpc_api import EmbedServer
@@ -298,11 +299,12 @@ async def test_popular_all_time_and_trending_windows(api: tuple[Api, RunningServ
     trending = running.servicer.trending
     assert isinstance(trending, _Trending)
     now = 1_700_000_000.0
-    for _ in range(5):
-        trending.popularity.add("i8", now - 30 * 86_400)  # popular a month ago
-    trending.popularity.add("i9", now)
-    trending.popularity.add("i9", now - 60)
-    trending.popularity.add("i4", now - 3_600)
+    counted = {"i8": [now - 30 * 86_400] * 5, "i9": [now, now - 60], "i4": [now - 3_600]}
+    for item_id, timestamps in counted.items():  # i8 was popular a month ago
+        partial = PartialCount()
+        for timestamp in timestamps:
+            partial.add(timestamp, weight=1.0)
+        trending.popularity.set_partial(item_id, 0, partial.scores)
     hour = await client.stub.Popular(
         ranking_pb2.PopularRequest(k=3, window=ranking_pb2.POPULARITY_WINDOW_HOUR), timeout=10
     )

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from recsys.popularity import PartialCount
 from recsys.v1 import ranking_pb2
 from recsys.vectorstore.base import Filter, Range
 from services.ranking import requests
@@ -192,13 +193,18 @@ def test_explanation_picks_the_most_similar_history_item() -> None:
 # ---------------------------------------------------------------- trending
 
 
+def _counted(*timestamps: float) -> tuple[float, ...]:
+    counted = PartialCount()
+    for timestamp in timestamps:
+        counted.add(timestamp, weight=1.0)
+    return counted.scores
+
+
 def test_decayed_popularity_ranks_recent_interactions_higher() -> None:
-    counts = DecayedPopularity({"hour": 3600.0, "week": 7 * 86400.0})
+    counts = DecayedPopularity()
     now = 1_700_000_000.0
-    for _ in range(10):
-        counts.add("old-hit", now - 2 * 86400)  # ten, two days ago
-    counts.add("fresh", now)
-    counts.add("fresh", now - 60)
+    counts.set_partial("old-hit", 0, _counted(*[now - 2 * 86400] * 10))  # two days ago
+    counts.set_partial("fresh", 1, _counted(now, now - 60))
     hour = counts.ranked("hour")
     week = counts.ranked("week")
     assert [i for i, _ in hour] == ["fresh", "old-hit"]
@@ -208,12 +214,12 @@ def test_decayed_popularity_ranks_recent_interactions_higher() -> None:
     assert hour[0][1] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_decayed_popularity_handles_late_events_and_many_items() -> None:
-    counts = DecayedPopularity({"day": 86400.0})
+def test_decayed_popularity_grows_past_its_first_rows_and_limits_the_list() -> None:
+    counts = DecayedPopularity()
     for n in range(5000):
-        counts.add(f"i{n}", 1_000_000.0 + n)
-    counts.add("i0", 1_000_000.0 + 5000)  # late for i0's first event, on time for others
+        counts.set_partial(f"i{n}", n % 3, _counted(1_000_000.0 + n))
+    counts.set_partial("i0", 1, _counted(1_000_000.0 + 5000))  # a second partition's count
     ranked = counts.ranked("day", limit=3)
     assert ranked[0][0] == "i0" and len(ranked) == 3
-    assert counts.events == 5001
+    assert counts.records == 5001
     assert DecayedPopularity().ranked("hour") == []
