@@ -46,6 +46,7 @@ from recsys.settings import ArtifactSettings, StoreSettings
 from recsys.v1 import ranking_pb2, ranking_pb2_grpc
 from recsys.vectorstore.base import Filter, VectorRecord, VectorStore
 from recsys.vectorstore.edge import EdgeVectorStore
+from recsys.vectorstore.user_payload import user_payload
 from services.indexer.writer import KEYWORD_FIELDS, items_collection
 from services.ranking.server import SERVICE_NAME
 from services.ranking.settings import RankingSettings
@@ -180,13 +181,7 @@ def user_records(users: UserSet, version: str) -> list[VectorRecord]:
         VectorRecord(
             user_id,
             users.vectors[row],
-            {
-                "user_id": user_id,
-                "model_version": version,
-                "seen_item_ids": users.seen[row],
-                "recent_item_ids": users.seen[row][-RECENT_ITEMS:],
-                "event_timestamp": 0.0,
-            },
+            user_payload(user_id, version, 0.0, users.seen[row], users.seen[row][-RECENT_ITEMS:]),
         )
         for row, user_id in enumerate(users.ids)
     ]

@@ -29,6 +29,7 @@ from recsys.kafka import (
 )
 from recsys.topics import Topics
 from recsys.vectorstore import VectorRecord, VectorStore
+from recsys.vectorstore.user_payload import user_payload
 from services.indexer.settings import IndexerSettings
 
 log = logging.getLogger(__name__)
@@ -204,14 +205,14 @@ class IndexWriter:
         return VectorRecord(
             user.user_id,
             user.array(),
-            {
-                "user_id": user.user_id,
-                "model_version": user.model_version,
-                "seen_item_ids": list(user.seen_item_ids),
-                "recent_item_ids": list(user.recent_item_ids),
-                "recent_event_types": list(user.recent_event_types),
-                "event_timestamp": user.event_timestamp,
-            },
+            user_payload(
+                user.user_id,
+                user.model_version,
+                user.event_timestamp,
+                user.seen_item_ids,
+                user.recent_item_ids,
+                user.recent_event_types,
+            ),
         )
 
     def _promote_complete_versions(self) -> None:

@@ -4,8 +4,8 @@ Data comes only through the ``VectorStore`` interface:
 
 * the alias ``items`` (``RankingSettings.items_alias``) points at ``items_<version>``; the
   part after ``items_`` is the serving model version, re-resolved at most once a second;
-* ``users`` holds one record per user: its vector and ``{"model_version",
-  "seen_item_ids", ...}``;
+* ``users`` holds one record per user: its vector and ``{"model_version", ...}`` with
+  the seen and recent items (``recsys.vectorstore.user_payload``);
 * the popularity fallback comes from the serving version's artifact (``popularity.py``).
 
 A user whose vector was made by the serving version gets a nearest-neighbour search in
@@ -37,6 +37,7 @@ from recsys.events import EVENT_TYPES
 from recsys.logs import correlation_id
 from recsys.v1 import ranking_pb2, ranking_pb2_grpc
 from recsys.vectorstore.base import CollectionNotFound, VectorRecord, VectorStore
+from recsys.vectorstore.user_payload import read_history
 from services.ranking import auth, requests
 from services.ranking.embedder import Embedder, EmbedUnavailable
 from services.ranking.popularity import (
@@ -186,23 +187,16 @@ class UserState:
         ]
 
 
-def _ids(value: Any) -> tuple[str, ...]:
-    if not value:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    return tuple(str(i) for i in value)
-
-
 def _user_state(record: VectorRecord) -> UserState:
     payload = record.payload
     version = payload.get("model_version")
+    history = read_history(payload)
     return UserState(
         vector=np.asarray(record.vector, dtype=np.float32),
         model_version="" if version is None else str(version),
-        seen_item_ids=frozenset(_ids(payload.get("seen_item_ids"))),
-        recent_item_ids=_ids(payload.get("recent_item_ids")),
-        recent_event_types=_ids(payload.get("recent_event_types")),
+        seen_item_ids=frozenset(history.seen_item_ids),
+        recent_item_ids=history.recent_item_ids,
+        recent_event_types=history.recent_event_types,
     )
 
 

@@ -25,6 +25,7 @@ from recsys.settings import KafkaSettings
 from recsys.topics import Topics
 from recsys.vectorstore.base import Filter
 from recsys.vectorstore.edge import EdgeVectorStore
+from recsys.vectorstore.user_payload import read_history
 from services.indexer.settings import IndexerSettings
 from services.indexer.writer import IndexWriter
 from tests.support.topics import TopicReader
@@ -268,12 +269,12 @@ def test_user_vectors_land_in_users_and_newest_wins_in_a_batch(
     u1, u2 = store.retrieve("users", ["u1", "u2"])
     np.testing.assert_allclose(u1.vector, _unit(newer), atol=1e-6)
     assert u1.payload["model_version"] == "v1"
-    assert u1.payload["seen_item_ids"] == ["i1", "i2", "i3"]
-    assert u1.payload["recent_item_ids"] == ["i2", "i3"]
+    assert read_history(u1.payload).seen_item_ids == ("i1", "i2", "i3")
+    assert read_history(u1.payload).recent_item_ids == ("i2", "i3")
     assert u1.payload["event_timestamp"] == 20.0
     assert u1.payload["user_id"] == "u1"
     np.testing.assert_allclose(u2.vector, _unit(other), atol=1e-6)
-    assert u2.payload["seen_item_ids"] == ["i9"]
+    assert read_history(u2.payload).seen_item_ids == ("i9",)
     assert not store.collection_exists("items")  # users never touch the items alias
 
 

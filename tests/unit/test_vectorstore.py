@@ -32,6 +32,7 @@ from recsys.vectorstore import (
 )
 from recsys.vectorstore.edge import EdgeVectorStore
 from recsys.vectorstore.qdrant_server import QdrantServerStore
+from recsys.vectorstore.user_payload import HISTORY_FIELD, UserHistory, read_history, user_payload
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Payload indexes have no effect in the local Qdrant:UserWarning"
@@ -604,3 +605,30 @@ def test_dimension_of_collection_and_alias(store: VectorStore) -> None:
     assert store.dimension("items") == DIM
     with pytest.raises(CollectionNotFound):
         store.dimension("missing")
+
+
+def test_user_history_travels_as_one_string_and_old_list_records_still_read(
+    tmp_path: Path,
+) -> None:
+    payload = user_payload("u1", "v3", 12.5, ["a", "b", "c"], ["b", "c"], ["view", "click"])
+    assert all(not isinstance(v, list) for v in payload.values())  # no per-value conversion
+    store = EdgeVectorStore(tmp_path / "store")
+    try:
+        store.create_collection("users", 2)
+        legacy = {"model_version": "v2", "seen_item_ids": ["x"], "recent_item_ids": ["x"]}
+        store.upsert(
+            "users",
+            [
+                VectorRecord("u1", np.array([1.0, 0.0], dtype=np.float32), payload),
+                VectorRecord("u0", np.array([0.0, 1.0], dtype=np.float32), legacy),
+            ],
+        )
+        packed, old = store.retrieve("users", ["u1", "u0"])
+    finally:
+        store.close()
+    assert packed.payload["model_version"] == "v3" and packed.payload["event_timestamp"] == 12.5
+    assert read_history(packed.payload) == UserHistory(
+        ("a", "b", "c"), ("b", "c"), ("view", "click")
+    )
+    assert read_history(old.payload) == UserHistory(("x",), ("x",), ())
+    assert read_history({HISTORY_FIELD: "{damaged"}) == UserHistory()
