@@ -66,6 +66,7 @@ TARGET_RPS = 1000.0
 TARGET_P99_MOVIELENS_MS = 15.0
 TARGET_P99_MILLION_MS = 25.0
 TARGET_OVERHEAD = 3.0
+MILLION_RATE = 100.0
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -454,6 +455,7 @@ def ranking_settings(spec: ServerSpec) -> RankingSettings:
 
 def serve_in_child(spec: ServerSpec, conn: Connection) -> None:
     """The server process: open the store, serve, send the port, stop when told."""
+    from recsys.lifecycle import run_async
     from recsys.logs import setup_logging
     from recsys.vectorstore.factory import open_store
 
@@ -464,7 +466,7 @@ def serve_in_child(spec: ServerSpec, conn: Connection) -> None:
     settings = ranking_settings(spec)
     store = open_store(settings.store)
     try:
-        asyncio.run(_serve_until_told(settings, store, conn))
+        run_async(_serve_until_told(settings, store, conn), settings.event_loop)
     finally:
         store.close()
 
@@ -472,9 +474,11 @@ def serve_in_child(spec: ServerSpec, conn: Connection) -> None:
 async def _serve_until_told(
     settings: RankingSettings, store: VectorStore, conn: Connection
 ) -> None:
+    from recsys.lifecycle import freeze_startup_heap
     from services.ranking.server import serve
 
     running = await serve(settings, store)
+    freeze_startup_heap()  # as services.ranking.__main__ does once it serves
     conn.send(running.port)
     with suppress(EOFError):  # any message, or the bench going away, stops it
         await asyncio.to_thread(conn.recv)
@@ -545,7 +549,7 @@ class Scenario:
     name: str
     method: str  # RankingService method
     requests: Sequence[Any]
-    concurrency: tuple[int, ...]
+    loads: tuple[Load, ...]
 
     def call(self, stub: Any) -> Call:
         method = getattr(stub, self.method)
@@ -579,14 +583,83 @@ async def drive(
     return tally, time.perf_counter() - started
 
 
+async def _paced_worker(
+    call: Call,
+    tickets: Iterator[int],
+    start: float,
+    interval: float,
+    until: float,
+    k: int,
+    tally: Tally,
+) -> None:
+    """One of the callers of a fixed-rate load: call ``n`` is due at ``start + n *
+    interval``; its latency counts from then, so a call that waits for a free caller or a
+    late event loop counts the wait (no coordinated omission)."""
+    while True:
+        number = next(tickets)
+        due = start + number * interval
+        if due >= until:
+            return
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            response = await call(number)
+        except grpc.aio.AioRpcError as exc:
+            tally.errors[exc.code().name] += 1
+            tally.first_error = tally.first_error or str(exc.details())
+            continue
+        tally.latencies.append(time.perf_counter() - due)
+        tally.fallbacks += bool(response.fallback)
+        tally.short_lists += len(response.items) < k
+
+
+async def drive_paced(
+    call: Call, concurrency: int, rate: float, seconds: float, k: int
+) -> tuple[Tally, float]:
+    """``rate`` calls a second, due at fixed intervals, from ``concurrency`` callers (the
+    open-loop load of wrk2 or ``ghz -c N -r RATE``); the tally and the time."""
+    tally = Tally()
+    tickets = itertools.count()
+    started = time.perf_counter()
+    until = started + seconds
+    await asyncio.gather(
+        *(
+            _paced_worker(call, tickets, started, 1.0 / rate, until, k, tally)
+            for _ in range(concurrency)
+        )
+    )
+    return tally, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class Load:
+    """``concurrency`` callers, as fast as answers come (closed loop, ``rate`` None), or
+    sharing ``rate`` calls a second between them (open loop)."""
+
+    concurrency: int
+    rate: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"c{self.concurrency}" + ("" if self.rate is None else f"_r{self.rate:g}")
+
+    async def run(
+        self, call: Call, numbers: Iterator[int], seconds: float, k: int
+    ) -> tuple[Tally, float]:
+        if self.rate is None:
+            return await drive(call, numbers, self.concurrency, seconds, k)
+        return await drive_paced(call, self.concurrency, self.rate, seconds, k)
+
+
 async def measure(
-    call: Call, concurrency: int, server_pid: int, args: argparse.Namespace
+    call: Call, load: Load, server_pid: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     numbers = itertools.count()
-    await drive(call, numbers, concurrency, args.warmup, args.k)
+    await load.run(call, numbers, args.warmup, args.k)
     server_cpu = process_cpu_seconds(server_pid)
     client_cpu = time.process_time()
-    tally, elapsed = await drive(call, numbers, concurrency, args.duration, args.k)
+    tally, elapsed = await load.run(call, numbers, args.duration, args.k)
     server_cpu = process_cpu_seconds(server_pid) - server_cpu
     client_cpu = time.process_time() - client_cpu
     calls = max(len(tally.latencies), 1)
@@ -610,9 +683,9 @@ async def measure(
     return result
 
 
-def print_row(label: str, concurrency: int, row: dict[str, Any]) -> None:
+def print_row(label: str, load: Load, row: dict[str, Any]) -> None:
     print(
-        f"  {label:<34} c={concurrency:<3} p50 {row['p50_ms']:7.2f}  p95 {row['p95_ms']:7.2f}  "
+        f"  {label:<26} {load.key:<10} p50 {row['p50_ms']:7.2f}  p95 {row['p95_ms']:7.2f}  "
         f"p99 {row['p99_ms']:7.2f} ms  {row['rps']:8.1f}/s  errors {row['errors']}  "
         f"cpu/call server {row['server_cpu_ms_per_call']:.2f} "
         f"client {row['client_cpu_ms_per_call']:.2f} ms",
@@ -629,10 +702,10 @@ async def run_scenarios(
         stub = ranking_pb2_grpc.RankingServiceStub(channel)
         for scenario in scenarios:
             call = scenario.call(stub)
-            for level in scenario.concurrency:
-                row = await measure(call, level, pid, args)
-                results.setdefault(scenario.name, {})[f"c{level}"] = row
-                print_row(scenario.name, level, row)
+            for load in scenario.loads:
+                row = await measure(call, load, pid, args)
+                results.setdefault(scenario.name, {})[load.key] = row
+                print_row(scenario.name, load, row)
     return results
 
 
@@ -674,9 +747,19 @@ def run_movielens(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         store_path, setup.artifacts_root, work / "movielens-server.log", args.log_level
     )
     scenarios = [
-        Scenario("recommend", "Recommend", plain.recommend(users, args.k), (1, 32)),
-        Scenario("recommend_filtered", "Recommend", filtered.recommend(users, args.k), (32,)),
-        Scenario("similar_items", "SimilarItems", similar, (32,)),
+        Scenario(
+            "recommend",
+            "Recommend",
+            plain.recommend(users, args.k),
+            (Load(1), Load(32), Load(32, args.rate)),
+        ),
+        Scenario(
+            "recommend_filtered",
+            "Recommend",
+            filtered.recommend(users, args.k),
+            (Load(32), Load(32, args.rate)),
+        ),
+        Scenario("similar_items", "SimilarItems", similar, (Load(32),)),
     ]
     results = serve_and_measure(spec, scenarios, args)
     return {
@@ -720,9 +803,12 @@ def run_million(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     )
     scenarios = [
         Scenario(
-            "recommend_category_filter", "Recommend", filtered.recommend(users, args.k), (1, 32)
+            "recommend_category_filter",
+            "Recommend",
+            filtered.recommend(users, args.k),
+            (Load(1), Load(32), Load(32, args.million_rate)),
         ),
-        Scenario("recommend", "Recommend", plain.recommend(users, args.k), (32,)),
+        Scenario("recommend", "Recommend", plain.recommend(users, args.k), (Load(32),)),
     ]
     results = serve_and_measure(spec, scenarios, args)
     return {
@@ -780,6 +866,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-seconds", type=float, help="MovieLens training budget (60)")
     parser.add_argument("--raw-searches", type=int, help="timed raw searches per query kind")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument(
+        "--rate", type=float, default=TARGET_RPS, help="MovieLens open-loop calls/s (1,000)"
+    )
+    parser.add_argument(
+        "--million-rate", type=float, default=MILLION_RATE, help="1M open-loop calls/s"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--artifacts", type=Path, help="reuse this artifact root's newest model")
     parser.add_argument("--workdir", type=Path, help="keep stores here (a 1M build is reused)")

@@ -12,7 +12,7 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
-from recsys.lifecycle import freeze_startup_heap
+from recsys.lifecycle import freeze_startup_heap, run_async
 from recsys.logs import setup_logging
 from recsys.observability import HealthServer
 from recsys.vectorstore.base import VectorStore
@@ -74,7 +74,7 @@ def main() -> None:
     setup_logging("ranking", settings.obs.log_level)
     store = open_store(settings.store)
     try:
-        asyncio.run(run(settings, store))
+        run_async(run(settings, store), settings.event_loop)
     finally:
         store.close()
 

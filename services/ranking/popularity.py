@@ -49,7 +49,7 @@ def item_details(payload: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
     if isinstance(categories, str):
         cats: tuple[str, ...] = (categories,)
     elif isinstance(categories, Sequence):
-        cats = tuple(str(c) for c in categories)
+        cats = tuple(map(str, categories))
     else:
         cats = ()
     return ("" if title is None else str(title)), cats

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -28,13 +29,18 @@ class Candidate:
     payload: Mapping[str, Any]
     vector: np.ndarray | None = None  # unit norm; needed by MMR and explanations
 
+    @cached_property
+    def details(self) -> tuple[str, tuple[str, ...]]:
+        """Title and categories, read from the payload once."""
+        return item_details(self.payload)
+
     @property
     def title(self) -> str:
-        return item_details(self.payload)[0]
+        return self.details[0]
 
     @property
     def categories(self) -> tuple[str, ...]:
-        return item_details(self.payload)[1]
+        return self.details[1]
 
 
 @dataclass(frozen=True)

@@ -225,19 +225,41 @@ def _time_left(context: grpc.aio.ServicerContext) -> float | None:
 class Ranking:
     """One ranked list before it becomes a response."""
 
-    items: list[ranking_pb2.ScoredItem]
+    chosen: Sequence[Ranked]
     model_version: str
     fallback: bool = False
     fallback_reason: str = ""
+    explain: bool = False
+    reasons: Sequence[Reason | None] | None = None
+
+    def fill(self, items: Any) -> None:
+        """Append the list to a response's repeated ``ScoredItem`` field (built in place:
+        messages passed to a constructor are copied)."""
+        add = items.add
+        for index, ranked in enumerate(self.chosen):
+            candidate = ranked.candidate
+            title, categories = candidate.details
+            item = add(
+                item_id=candidate.item_id, score=ranked.score, title=title, categories=categories
+            )
+            if self.explain:
+                reason = self.reasons[index] if self.reasons is not None else None
+                item.explanation.relevance = candidate.relevance
+                item.explanation.diversity_penalty = ranked.penalty
+                if reason is not None:
+                    item.explanation.closest_history_item_id = reason.item_id
+                    item.explanation.closest_history_title = reason.title
+                    item.explanation.history_similarity = reason.similarity
 
     def response(self, request_id: str) -> ranking_pb2.RecommendResponse:
-        return ranking_pb2.RecommendResponse(
-            items=self.items,
+        response = ranking_pb2.RecommendResponse(
             model_version=self.model_version,
             fallback=self.fallback,
             fallback_reason=self.fallback_reason,
             request_id=request_id,
         )
+        self.fill(response.items)
+        return response
 
 
 class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[misc]
@@ -454,7 +476,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
                 if trending:
                     collection = self.serving.collection(version)
                     candidates = await self._trending_candidates(collection, trending, options)
-                    return Ranking(_scored(select(candidates, options.k, 0.0, 0)), version)
+                    return Ranking(select(candidates, options.k, 0.0, 0), version)
                 ranking = await self._popular(
                     version,
                     options,
@@ -463,8 +485,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
                     f"no interactions counted for the {window} window yet: all-time popular items",
                 )
                 return ranking
-            ranking = await self._popular(version, options, options.exclude_item_ids, "", "")
-            return Ranking(ranking.items, version)
+            return await self._popular(version, options, options.exclude_item_ids, "", "")
 
         ranking = await self._with_serving_version(rank)
         details.update(_summary(ranking))
@@ -489,18 +510,14 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
         version, by_user = await self._with_serving_version(rank_all)
         fallbacks = sum(r.fallback for r in by_user.values())
         details.update(model_version=version, fallbacks=fallbacks)
-        return ranking_pb2.BatchRecommendResponse(
-            results=[
-                ranking_pb2.UserRecommendations(
-                    user_id=user_id,
-                    items=by_user[user_id].items,
-                    fallback=by_user[user_id].fallback,
-                    fallback_reason=by_user[user_id].fallback_reason,
-                )
-                for user_id in parsed.user_ids
-            ],
-            model_version=version,
-        )
+        response = ranking_pb2.BatchRecommendResponse(model_version=version)
+        for user_id in parsed.user_ids:
+            ranking = by_user[user_id]
+            result = response.results.add(
+                user_id=user_id, fallback=ranking.fallback, fallback_reason=ranking.fallback_reason
+            )
+            ranking.fill(result.items)
+        return response
 
     # -- ranking ------------------------------------------------------------------
 
@@ -608,7 +625,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
         if options.explain:
             history = await self._history(collection, history_ids)
             reasons = closest_in_history(chosen, history)
-        return Ranking(_scored(chosen, reasons, options.explain), version)
+        return Ranking(chosen, version, explain=options.explain, reasons=reasons)
 
     async def _with_vectors(self, collection: str, candidates: list[Candidate]) -> list[Candidate]:
         records = await self._store_call(
@@ -663,8 +680,9 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[
         ]
         chosen = select(candidates, options.k, 0.0, options.max_per_category)
         return Ranking(
-            _scored(chosen, None, options.explain),
+            chosen,
             version,
+            explain=options.explain,
             fallback=bool(cause),
             fallback_reason=reason if cause else "",
         )
@@ -697,36 +715,10 @@ def _display_payload(item: PopularItem) -> dict[str, Any]:
     return {"title": item.title, "categories": list(item.categories)}
 
 
-def _scored(
-    chosen: Sequence[Ranked],
-    reasons: Sequence[Reason | None] | None = None,
-    explain: bool = False,
-) -> list[ranking_pb2.ScoredItem]:
-    items = []
-    for index, ranked in enumerate(chosen):
-        candidate = ranked.candidate
-        item = ranking_pb2.ScoredItem(
-            item_id=candidate.item_id,
-            score=ranked.score,
-            title=candidate.title,
-            categories=candidate.categories,
-        )
-        if explain:
-            reason = reasons[index] if reasons is not None else None
-            item.explanation.relevance = candidate.relevance
-            item.explanation.diversity_penalty = ranked.penalty
-            if reason is not None:
-                item.explanation.closest_history_item_id = reason.item_id
-                item.explanation.closest_history_title = reason.title
-                item.explanation.history_similarity = reason.similarity
-        items.append(item)
-    return items
-
-
 def _summary(ranking: Ranking) -> dict[str, Any]:
     return {
         "model_version": ranking.model_version,
-        "items": len(ranking.items),
+        "items": len(ranking.chosen),
         "fallback": ranking.fallback,
     }
 

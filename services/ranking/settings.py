@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from recsys.lifecycle import EventLoop
 from recsys.settings import (
     ArtifactSettings,
     KafkaSettings,
@@ -27,6 +28,9 @@ class RankingSettings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="address the gRPC server binds")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    event_loop: EventLoop = Field(
+        "uvloop", description="asyncio event loop: uvloop (faster) or the standard asyncio"
+    )
     grace_seconds: float = Field(
         10.0, ge=0, description="on SIGTERM, how long in-flight calls may take to finish"
     )

@@ -9,6 +9,8 @@ import logging.config
 import sys
 from typing import Any
 
+import orjson
+
 # Set by handlers for the duration of one event or request.
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "correlation_id", default=None
@@ -38,7 +40,11 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # orjson: several times faster than json, and ranking writes a line per request.
+        try:
+            return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except orjson.JSONEncodeError:  # what orjson refuses (integers over 64 bits)
+            return json.dumps(entry, default=str)
 
 
 _QUIET_LOGGERS = ("aiokafka", "faust", "mode", "httpx", "urllib3", "grpc")
@@ -68,4 +74,11 @@ def logging_config(service: str, level: str = "INFO") -> dict[str, Any]:
 
 
 def setup_logging(service: str, level: str = "INFO") -> None:
+    # The JSON lines carry neither the caller's file and line nor thread and process ids,
+    # so the records skip collecting them (the logging HOWTO's optimisations): a frame
+    # walk per record, on the ranking server's line per request.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     logging.config.dictConfig(logging_config(service, level))

@@ -533,6 +533,74 @@ def test_edge_recall_after_optimize(tmp_path: Path) -> None:
         store.close()
 
 
+def test_edge_exclusions_on_hnsw_segments_with_and_without_a_filter(tmp_path: Path) -> None:
+    """Both exclusion paths on an indexed collection: a keyword match on the id in the
+    filter (no payload filter, or a long list) and over-fetch-then-drop (beside a filter)."""
+    records = make_records(1500, seed=9)
+    store = EdgeVectorStore(
+        tmp_path, hnsw_ef=256, indexing_threshold_kb=1, full_scan_threshold_kb=1, post_filter_max=8
+    )
+    try:
+        store.create_collection("c", DIM, keyword_fields=["genres"])
+        store.upsert("c", records)
+        store.optimize("c")
+        assert store.indexed_vectors("c") == len(records)
+        comedy = Filter(any_of={"genres": ["Comedy"]})
+        for n, query in enumerate(unit(np.random.default_rng(3).normal(size=(20, DIM)))):
+            ranked = [i for i, _ in exact_top(records, query, 40)]
+            for flt, excluded in (
+                (None, set(ranked[:20])),  # in the filter
+                (comedy, set(ranked[:5])),  # dropped from a longer result (5 <= 8)
+                (comedy, set(ranked[:20])),  # beside a filter, but over post_filter_max
+            ):
+                hits = store.search("c", query, 10, flt, exclude_ids=excluded)
+                keep = lambda r, e=excluded, f=flt: (
+                    r.id not in e
+                    and (  # noqa: E731
+                        f is None or f.matches(r.payload)
+                    )
+                )
+                expected = [i for i, _ in exact_top(records, query, 10, keep)]
+                assert not {h.id for h in hits} & excluded, n
+                assert len(hits) == 10
+                # HNSW is approximate: nearly all of the exact top 10, never an excluded one
+                assert len({h.id for h in hits} & set(expected)) >= 8, n
+    finally:
+        store.close()
+
+
+def test_edge_store_indexes_ids_of_collections_written_without_that_index(
+    tmp_path: Path,
+) -> None:
+    """Stores written before exclusions matched the indexed id get the index on open."""
+    import qdrant_edge as qe
+
+    records = make_records(50, seed=4)
+    store = EdgeVectorStore(tmp_path)
+    store.create_collection("c", DIM)
+    store.upsert("c", records)
+    store.close()
+    folder = tmp_path / "collections" / "c" / "shard"
+    engine = qe.EdgeShard.load(str(folder))
+    engine.update(qe.UpdateOperation.delete_field_index("_id"))
+    engine.flush()
+    engine.close()
+    engine = qe.EdgeShard.load(str(folder))
+    assert "_id" not in engine.info().payload_schema
+    engine.close()
+
+    store = EdgeVectorStore(tmp_path)
+    try:
+        assert "_id" in store._shard("c").engine.info().payload_schema
+        excluded = {r.id for r in records[:10]}
+        hits = store.search("c", records[0].vector, 5, exclude_ids=excluded)
+        assert_hits_match(
+            hits, exact_top(records, records[0].vector, 5, lambda r: r.id not in excluded)
+        )
+    finally:
+        store.close()
+
+
 # -- factory --------------------------------------------------------------------------
 
 

@@ -52,7 +52,7 @@ def _ids(value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return (value,)
-    return tuple(str(i) for i in value)
+    return tuple(map(str, value))
 
 
 def read_history(payload: Mapping[str, Any]) -> UserHistory:
