@@ -8,10 +8,14 @@ production: the embedded store belongs to one process) while this process drives
 - a synthetic catalogue of ``--items`` (default 1,000,000) clustered unit vectors with
   1-3 categories each and ``--users`` synthetic users, bulk-loaded and HNSW-indexed.
 
-Each scenario keeps exactly N calls in flight (N = 1 and 32) for ``--duration`` seconds
-after a ``--warmup``, on random users, and reports p50/p95/p99, calls/s and errors. The
-raw store search (same vectors, filter, exclusions and k, in this process, before the
-server starts) gives the service overhead ratio: service p50 at N=1 / raw search p50.
+Each scenario runs under closed-loop loads (exactly N calls in flight, N = 1 and 32) and
+open-loop ones (32 callers sharing a fixed rate: ``--rate`` on MovieLens, ``--million-rate``
+on 1M; a call's latency counts from when it was due, so a queue in front of the server
+counts), each for ``--duration`` seconds after a ``--warmup``, on random users, and reports
+p50/p95/p99, calls/s and errors. The raw store search (same vectors, filter, exclusions
+and k, in this process, while no server runs) gives the service overhead ratio: service
+p50 at N=1 / raw search p50. Everything runs ``--runs`` times (a fresh server process
+each) and the medians are reported, every run kept beside them.
 
 Writes ``bench/results/ranking.json``. Figures on a shared 2-core machine are noisy, and
 the load generator shares the cores with the server: CPU milliseconds per call (server
@@ -66,7 +70,9 @@ TARGET_RPS = 1000.0
 TARGET_P99_MOVIELENS_MS = 15.0
 TARGET_P99_MILLION_MS = 25.0
 TARGET_OVERHEAD = 3.0
-MILLION_RATE = 100.0
+# The 1M open-loop rate: about 70% of the 280 filtered calls/s one server process
+# answers on this 2-core machine beside its load generator.
+MILLION_RATE = 200.0
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -719,6 +725,51 @@ def serve_and_measure(
 # ----------------------------------------------------------------------------- parts
 
 
+# Summed over runs; every other number is the median of the runs.
+COUNT_FIELDS = frozenset({"calls", "errors", "fallbacks", "short_lists", "searches"})
+
+
+def median_of(runs: Sequence[Any], key: str = "") -> Any:
+    """The runs' figures merged: counts summed, other numbers the median, the rest first."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {name: median_of([run[name] for run in runs], name) for name in first}
+    if isinstance(first, int | float) and not isinstance(first, bool):
+        if key in COUNT_FIELDS:
+            return sum(runs)
+        return round(float(np.median(runs)), 3)
+    return first
+
+
+def measure_runs(
+    store_path: Path,
+    users: UserSet,
+    raw_queries: dict[str, Queries],
+    spec: ServerSpec,
+    scenarios: Sequence[Scenario],
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``args.runs`` runs, each the raw searches then a fresh server process under every
+    load; the median run (see ``median_of``) and every run."""
+    runs = []
+    for number in range(1, args.runs + 1):
+        store = EdgeVectorStore(store_path)
+        try:
+            raw = {
+                name: raw_search(store, ITEMS_ALIAS, users, queries, args.k, args.raw_searches)
+                for name, queries in raw_queries.items()
+            }
+        finally:
+            store.close()  # the server process opens it next: one process per embedded store
+        print(
+            f"  run {number}/{args.runs}: raw store search p50 "
+            + ", ".join(f"{name} {row['p50_ms']} ms" for name, row in raw.items()),
+            flush=True,
+        )
+        runs.append({**raw, **serve_and_measure(spec, scenarios, args)})
+    return median_of(runs), runs
+
+
 def ratio(service_ms: float, raw_ms: float) -> float:
     return round(service_ms / raw_ms, 2) if raw_ms > 0 else float("nan")
 
@@ -736,13 +787,7 @@ def run_movielens(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     ]
     store_path = work / "movielens-store"
     shutil.rmtree(store_path, ignore_errors=True)
-    store = fill_movielens_store(store_path, setup)
-    try:
-        raw = raw_search(store, ITEMS_ALIAS, users, plain, args.k, args.raw_searches)
-        raw_filtered = raw_search(store, ITEMS_ALIAS, users, filtered, args.k, args.raw_searches)
-    finally:
-        store.close()  # the server process opens it next: one process per embedded store
-    print(f"  raw store search p50 {raw['p50_ms']} ms, filtered {raw_filtered['p50_ms']} ms")
+    fill_movielens_store(store_path, setup).close()
     spec = ServerSpec(
         store_path, setup.artifacts_root, work / "movielens-server.log", args.log_level
     )
@@ -761,17 +806,19 @@ def run_movielens(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ),
         Scenario("similar_items", "SimilarItems", similar, (Load(32),)),
     ]
-    results = serve_and_measure(spec, scenarios, args)
+    raw_queries = {"raw_search": plain, "raw_search_filtered": filtered}
+    results, runs = measure_runs(store_path, users, raw_queries, spec, scenarios, args)
     return {
         "model_version": setup.version,
         "train_seconds": setup.train_seconds,
         "items": len(setup.item_ids),
         "users": len(users.ids),
         **results,
-        "raw_search": raw,
-        "raw_search_filtered": raw_filtered,
-        "raw_search_p50_ms": raw["p50_ms"],
-        "overhead_ratio": ratio(results["recommend"]["c1"]["p50_ms"], raw["p50_ms"]),
+        "raw_search_p50_ms": results["raw_search"]["p50_ms"],
+        "overhead_ratio": ratio(
+            results["recommend"]["c1"]["p50_ms"], results["raw_search"]["p50_ms"]
+        ),
+        "runs": runs,
     }
 
 
@@ -790,12 +837,7 @@ def run_million(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed + 10)
     filtered = sample_queries(rng, len(users.ids), CATEGORY_NAMES)
     plain = sample_queries(rng, len(users.ids), None)
-    try:
-        raw = raw_search(setup.store, ITEMS_ALIAS, users, filtered, args.k, args.raw_searches)
-        raw_plain = raw_search(setup.store, ITEMS_ALIAS, users, plain, args.k, args.raw_searches)
-    finally:
-        setup.store.close()
-    print(f"  raw store search p50 {raw['p50_ms']} ms filtered, {raw_plain['p50_ms']} ms plain")
+    setup.store.close()
     artifacts_root = work / "million-artifacts"
     write_popularity(artifacts_root, "v1", [f"item-{i}" for i in range(min(args.items, 1000))])
     spec = ServerSpec(
@@ -810,7 +852,8 @@ def run_million(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ),
         Scenario("recommend", "Recommend", plain.recommend(users, args.k), (Load(32),)),
     ]
-    results = serve_and_measure(spec, scenarios, args)
+    raw_queries = {"raw_search": filtered, "raw_search_unfiltered": plain}
+    results, runs = measure_runs(work / "million-store", users, raw_queries, spec, scenarios, args)
     return {
         "items": args.items,
         "users": args.users,
@@ -820,12 +863,11 @@ def run_million(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "indexed_vectors": build["indexed_vectors"],
         "build_reused": build["reused"],
         **results,
-        "raw_search": raw,
-        "raw_search_unfiltered": raw_plain,
-        "raw_search_p50_ms": raw["p50_ms"],
+        "raw_search_p50_ms": results["raw_search"]["p50_ms"],
         "overhead_ratio": ratio(
-            results["recommend_category_filter"]["c1"]["p50_ms"], raw["p50_ms"]
+            results["recommend_category_filter"]["c1"]["p50_ms"], results["raw_search"]["p50_ms"]
         ),
+        "runs": runs,
     }
 
 
@@ -834,20 +876,29 @@ def target(value: float, goal: float, at_least: bool) -> dict[str, Any]:
     return {"value": value, "target": goal, "op": ">=" if at_least else "<=", "met": bool(met)}
 
 
-def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def targets(result: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Issue 5's targets. "Concurrency 32 at >= 1,000 calls/s with p99 <= 15 ms" is read as
+    two figures: the calls/s 32 callers get as fast as answers come (closed loop), and the
+    p99 when 32 callers share 1,000 calls/s (open loop). The closed loop's own p99 is no
+    target: with 32 calls always in flight, mean latency is 32 / (calls/s), so a 15 ms p99
+    there would be a throughput target of over 2,100 calls/s instead."""
     out: dict[str, dict[str, Any]] = {}
     ml = result.get("movielens")
     if ml is not None:
-        c32 = ml["recommend"]["c32"]
-        out["movielens_c32_recommend_per_s"] = target(c32["rps"], TARGET_RPS, True)
-        out["movielens_c32_p99_ms"] = target(c32["p99_ms"], TARGET_P99_MOVIELENS_MS, False)
+        closed = ml["recommend"]["c32"]
+        paced = ml["recommend"][Load(32, args.rate).key]
+        out["movielens_c32_recommend_per_s"] = target(closed["rps"], TARGET_RPS, True)
+        out[f"movielens_{Load(32, args.rate).key}_p99_ms"] = target(
+            paced["p99_ms"], TARGET_P99_MOVIELENS_MS, False
+        )
         out["movielens_overhead_ratio"] = target(ml["overhead_ratio"], TARGET_OVERHEAD, False)
     million = result.get("million")
     if million is not None:
-        c32 = million["recommend_category_filter"]["c32"]
-        out["million_category_filter_c32_p99_ms"] = target(
-            c32["p99_ms"], TARGET_P99_MILLION_MS, False
-        )
+        rows = million["recommend_category_filter"]
+        for load in (Load(1), Load(32, args.million_rate)):
+            out[f"million_category_filter_{load.key}_p99_ms"] = target(
+                rows[load.key]["p99_ms"], TARGET_P99_MILLION_MS, False
+            )
         out["million_overhead_ratio"] = target(million["overhead_ratio"], TARGET_OVERHEAD, False)
     return out
 
@@ -865,6 +916,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds before each phase (2)")
     parser.add_argument("--train-seconds", type=float, help="MovieLens training budget (60)")
     parser.add_argument("--raw-searches", type=int, help="timed raw searches per query kind")
+    parser.add_argument("--runs", type=int, default=3, help="runs per catalogue (medians)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument(
         "--rate", type=float, default=TARGET_RPS, help="MovieLens open-loop calls/s (1,000)"
@@ -907,8 +959,14 @@ def main() -> None:
             "server_log_level": args.log_level,
             "quick": args.quick,
             "overhead_ratio": "service p50 at concurrency 1 / raw store.search p50",
+            "runs": args.runs,
+            "figures": "medians of the runs (counts summed); every run is kept under runs",
             # Closed loop: at N in flight, mean latency = N / calls per second.
-            "load": "exactly N calls in flight (closed loop), one grpc.aio channel",
+            "load": (
+                "cN: exactly N calls in flight (closed loop); cN_rR: N callers sharing R "
+                "calls/s due at fixed intervals (open loop), latency counted from the due "
+                "time; one grpc.aio channel"
+            ),
             "server": "one process: grpc.aio, embedded store read inline on the event loop",
         },
     }
@@ -916,7 +974,7 @@ def main() -> None:
         result["movielens"] = run_movielens(args, work)
     if not args.skip_million:
         result["million"] = run_million(args, work)
-    result["targets"] = targets(result)
+    result["targets"] = targets(result, args)
     print("targets:")
     for name, row in result["targets"].items():
         verdict = "PASS" if row["met"] else "FAIL"
