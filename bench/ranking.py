@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -447,6 +447,8 @@ class ServerSpec:
     artifacts_root: Path
     log_file: Path
     log_level: str
+    # A server with no ranking behind it: every Recommend gets the same ten items.
+    fixed_answer: bool = False
 
 
 def ranking_settings(spec: ServerSpec) -> RankingSettings:
@@ -470,6 +472,9 @@ def serve_in_child(spec: ServerSpec, conn: Connection) -> None:
         os.dup2(log_file.fileno(), 2)
     setup_logging("ranking", spec.log_level)
     settings = ranking_settings(spec)
+    if spec.fixed_answer:
+        run_async(_serve_fixed_answer_until_told(settings, conn), settings.event_loop)
+        return
     store = open_store(settings.store)
     try:
         run_async(_serve_until_told(settings, store, conn), settings.event_loop)
@@ -489,6 +494,39 @@ async def _serve_until_told(
     with suppress(EOFError):  # any message, or the bench going away, stops it
         await asyncio.to_thread(conn.recv)
     await running.stop(grace=1.0)
+
+
+class FixedAnswer(ranking_pb2_grpc.RankingServiceServicer):  # type: ignore[misc]
+    """Recommend answered with one prepared ten-item list: what a call costs the same
+    grpc.aio server on the same event loop with no ranking behind it."""
+
+    def __init__(self) -> None:
+        self.response = ranking_pb2.RecommendResponse(model_version="v1")
+        for n in range(10):
+            self.response.items.add(
+                item_id=str(n), score=0.5, title="Star Wars (1977)", categories=["Action", "Sci-Fi"]
+            )
+
+    async def Recommend(
+        self, request: ranking_pb2.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> ranking_pb2.RecommendResponse:
+        return self.response
+
+
+async def _serve_fixed_answer_until_told(settings: RankingSettings, conn: Connection) -> None:
+    from grpc_health.v1 import health
+
+    server = grpc.aio.server()
+    ranking_pb2_grpc.add_RankingServiceServicer_to_server(FixedAnswer(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    port = server.add_insecure_port(f"{settings.host}:0")
+    await server.start()
+    conn.send(port)
+    with suppress(EOFError):
+        await asyncio.to_thread(conn.recv)
+    await server.stop(grace=1.0)
 
 
 @contextmanager
@@ -748,9 +786,11 @@ def measure_runs(
     spec: ServerSpec,
     scenarios: Sequence[Scenario],
     args: argparse.Namespace,
+    floor: Scenario | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``args.runs`` runs, each the raw searches then a fresh server process under every
-    load; the median run (see ``median_of``) and every run."""
+    load (and ``floor`` against a fixed-answer server); the median run (see
+    ``median_of``) and every run."""
     runs = []
     for number in range(1, args.runs + 1):
         store = EdgeVectorStore(store_path)
@@ -766,7 +806,11 @@ def measure_runs(
             + ", ".join(f"{name} {row['p50_ms']} ms" for name, row in raw.items()),
             flush=True,
         )
-        runs.append({**raw, **serve_and_measure(spec, scenarios, args)})
+        run = {**raw, **serve_and_measure(spec, scenarios, args)}
+        if floor is not None:
+            fixed = replace(spec, fixed_answer=True)
+            run.update(serve_and_measure(fixed, [floor], args))
+        runs.append(run)
     return median_of(runs), runs
 
 
@@ -807,7 +851,15 @@ def run_movielens(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         Scenario("similar_items", "SimilarItems", similar, (Load(32),)),
     ]
     raw_queries = {"raw_search": plain, "raw_search_filtered": filtered}
-    results, runs = measure_runs(store_path, users, raw_queries, spec, scenarios, args)
+    # The same calls against a server with no ranking: the part of the latency that is gRPC.
+    floor = Scenario("grpc_floor", "Recommend", plain.recommend(users, args.k), (Load(1),))
+    results, runs = measure_runs(store_path, users, raw_queries, spec, scenarios, args, floor)
+    print(
+        f"  gRPC alone (fixed answer) p50 {results['grpc_floor']['c1']['p50_ms']} ms at "
+        f"concurrency 1; Recommend {results['recommend']['c1']['p50_ms']} ms; raw search "
+        f"{results['raw_search']['p50_ms']} ms",
+        flush=True,
+    )
     return {
         "model_version": setup.version,
         "train_seconds": setup.train_seconds,
@@ -817,6 +869,10 @@ def run_movielens(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "raw_search_p50_ms": results["raw_search"]["p50_ms"],
         "overhead_ratio": ratio(
             results["recommend"]["c1"]["p50_ms"], results["raw_search"]["p50_ms"]
+        ),
+        # The gRPC round trip alone, over the raw search: the least the ratio can be.
+        "grpc_floor_ratio": ratio(
+            results["grpc_floor"]["c1"]["p50_ms"], results["raw_search"]["p50_ms"]
         ),
         "runs": runs,
     }
