@@ -554,12 +554,10 @@ def test_edge_exclusions_on_hnsw_segments_with_and_without_a_filter(tmp_path: Pa
                 (comedy, set(ranked[:20])),  # beside a filter, but over post_filter_max
             ):
                 hits = store.search("c", query, 10, flt, exclude_ids=excluded)
-                keep = lambda r, e=excluded, f=flt: (
-                    r.id not in e
-                    and (  # noqa: E731
-                        f is None or f.matches(r.payload)
-                    )
-                )
+
+                def keep(r: VectorRecord, e: set[str] = excluded, f: Filter | None = flt) -> bool:
+                    return r.id not in e and (f is None or f.matches(r.payload))
+
                 expected = [i for i, _ in exact_top(records, query, 10, keep)]
                 assert not {h.id for h in hits} & excluded, n
                 assert len(hits) == 10
