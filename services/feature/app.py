@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
@@ -35,6 +35,7 @@ from recsys.lifecycle import freeze_startup_heap
 from recsys.popularity import PartialCount, popularity_key
 from recsys.settings import KafkaSettings
 from recsys.topics import Topics
+from services.feature.contiguous import ContiguousConsumer
 from services.feature.durable_table import add_durable_table
 from services.feature.sequence import (
     UserState,
@@ -217,9 +218,16 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
         counted, and a replayed message the user has applied is counted again only if it
         was new then and its item's record does not hold it yet.
         """
+        # Each partition is applied contiguously: an event after one faust dropped on its
+        # way here waits for its partition to be read again (see contiguous.py).
+        consumer = cast(ContiguousConsumer, app.consumer)
+        admitted = await consumer.admit([event.message for event in events])
         # user -> (their valid events and offsets in arrival order, their partition)
         by_user: dict[str, tuple[list[tuple[InteractionEvent, int]], int]] = {}
-        for event in events:
+        for event, admit in zip(events, admitted, strict=True):
+            if not admit:
+                EVENTS.labels("not_applied").inc()
+                continue
             message = event.message
             try:
                 interaction = parse_event(InteractionEvent, message.value)

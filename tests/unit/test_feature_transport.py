@@ -7,8 +7,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from faust.types import TP, Message
 
 from recsys.settings import KafkaSettings
+from recsys.topics import Topics
 from services.feature.app import create_app
 from services.feature.settings import FeatureSettings
 from services.feature.transport import FeatureConsumer, FeatureTransport
@@ -114,3 +116,46 @@ def test_a_delivery_error_propagates(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="bad message"):
         consumer.loop.run_until_complete(run())
+
+
+def _message(topic: str, partition: int, offset: int) -> Message:
+    return Message(
+        topic, partition, offset, 0.0, 0, None, None, b"{}", None, tp=TP(topic, partition)
+    )
+
+
+def test_an_event_not_applied_is_settled_without_counting_its_offset(tmp_path: Path) -> None:
+    """Its offset must stay uncommitted, so the partition's next read brings it again."""
+    settings = FeatureSettings(
+        data_dir=tmp_path, kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9")
+    )
+    feature = create_app(settings)
+    consumer = feature.app.consumer
+    assert isinstance(consumer, FeatureConsumer)
+    topic = Topics.from_settings(settings.kafka).interactions
+    consumer.app.topics.acking_topics.add(topic)  # what the conductor does on subscribing
+    tp = TP(topic, 0)
+    consumer._committed_offset[tp] = None
+
+    async def run() -> tuple[list[bool], list[bool]]:
+        # Between a rebalance and its seek to committed offsets: nothing is applied yet.
+        waiting = [_message(topic, 0, offset) for offset in (7, 8)]
+        not_yet = await consumer.admit(waiting)
+        for message in waiting:
+            consumer._unacked_messages.add(message)
+            consumer.ack(message)
+        assert all(message.acked for message in waiting)
+        assert not consumer._unacked_messages
+        assert list(consumer._acked[tp]) == []
+        # The seek to committed offsets starts the partition at 7: both are applied now.
+        consumer._applied.start(tp, 7)
+        again = [_message(topic, 0, offset) for offset in (7, 8)]
+        applied = await consumer.admit(again)
+        for message in again:
+            consumer.ack(message)
+        return not_yet, applied
+
+    not_yet, applied = consumer.loop.run_until_complete(run())
+    assert not_yet == [False, False]
+    assert applied == [True, True]
+    assert list(consumer._acked[tp]) == [7, 8]
