@@ -393,3 +393,20 @@ def test_weight_average_ramps_its_decay_up_so_it_follows_early_training() -> Non
         average.update()
     assert average.decay == 0.99 and average.updates == 5001
     torch.testing.assert_close(average.model.user.norm.weight, model.user.norm.weight)
+
+
+@pytest.mark.parametrize("n_heads", [1, 2])
+@pytest.mark.parametrize("last_only", [False, True])
+def test_serving_arrangement_computes_what_training_does_bit_for_bit(
+    n_heads: int, last_only: bool
+) -> None:
+    """Eval mode (what is exported to ONNX) arranges each block for onnxruntime; without
+    dropout the training arrangement must give the very same numbers."""
+    config = SMALL.model_copy(update={"n_heads": n_heads, "dropout": 0.0})
+    torch.manual_seed(0)
+    tower = UserTower(config)
+    vectors, types = _inputs(5, config.max_len, config.dim, pad=4)
+    with torch.no_grad():
+        trained_way = tower.train().encode_all(vectors, types, last_only=last_only)
+        served_way = tower.eval().encode_all(vectors, types, last_only=last_only)
+    assert torch.equal(trained_way, served_way)
