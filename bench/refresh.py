@@ -42,7 +42,6 @@ from recsys.devstack.stack import LocalStack, StackConfig
 from recsys.devstack.supervisor import Supervisor
 from recsys.events import ItemEvent
 from recsys.publish import publish_events
-from recsys.v1 import ranking_pb2_grpc
 
 RESULTS = Path(__file__).parent / "results" / "refresh.json"
 
@@ -118,8 +117,7 @@ def run(train_seconds: float, clients: int, workdir: Path) -> dict[str, Any]:
     with LocalStack(config, Supervisor(colour=False)) as stack:
         publish_events(stack.kafka, data.items, data.interactions, progress=False)
         with grpc.insecure_channel(stack.ranking_address) as channel:
-            stub = ranking_pb2_grpc.RankingServiceStub(channel)  # type: ignore[no-untyped-call]
-            stack.wait_for(lambda: personalised_ready(stub, users[:3]), 900, "model v1")
+            stack.wait_for(lambda: personalised_ready(channel, users[:3]), 900, "model v1")
         announcements = Announcements(stack.kafka)
         try:
             announcements.wait_for(1, 30)

@@ -490,7 +490,7 @@ def run_once(args: Any, run: int) -> dict[str, Any]:
         with grpc.insecure_channel(stack.ranking_address) as channel:
             stub = ranking_pb2_grpc.RankingServiceStub(channel)
             stack.wait_for(
-                lambda: personalised_ready(stub, probe_users[:5]), args.timeout, "a first model"
+                lambda: personalised_ready(channel, probe_users[:5]), args.timeout, "a first model"
             )
             stack.wait_for(
                 lambda: stack.metric_total("feature", "recsys_feature_events_total") >= len(warm),

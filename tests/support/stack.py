@@ -13,7 +13,6 @@ from recsys.devstack.demo import personalised_ready
 from recsys.devstack.stack import LocalStack, StackConfig
 from recsys.devstack.supervisor import Supervisor
 from recsys.publish import publish_events
-from recsys.v1 import ranking_pb2_grpc
 
 
 @contextmanager
@@ -36,9 +35,8 @@ def serving_stack(work: Path, extra_env: Mapping[str, str] | None = None) -> Ite
         try:
             publish_events(running.kafka, catalogue(), history(), progress=False)
             with grpc.insecure_channel(running.ranking_address) as channel:
-                stub = ranking_pb2_grpc.RankingServiceStub(channel)  # type: ignore[no-untyped-call]
                 running.wait_for(
-                    lambda: personalised_ready(stub, ["user-0", "user-1"]), 300, "v1 serving"
+                    lambda: personalised_ready(channel, ["user-0", "user-1"]), 300, "v1 serving"
                 )
             yield running
         finally:

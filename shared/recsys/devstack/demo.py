@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.data.movielens import MovieLens
 from recsys.devstack.stack import LocalStack
@@ -23,8 +24,27 @@ def recommend(
     return response
 
 
-def personalised_ready(stub: ranking_pb2_grpc.RankingServiceStub, users: Sequence[str]) -> bool:
-    """True once every user gets a personalised (not fallback) ranking."""
+RANKING_SERVICE = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
+
+
+def model_serving(channel: grpc.Channel) -> bool:
+    """True once the ranking service's health status says a model serves."""
+    health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+    try:
+        response = health.Check(health_pb2.HealthCheckRequest(service=RANKING_SERVICE), timeout=5)
+    except grpc.RpcError:
+        return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def personalised_ready(channel: grpc.Channel, users: Sequence[str]) -> bool:
+    """True once every user gets a personalised (not fallback) ranking.
+
+    Asks the health service first: a Recommend before any model serves is refused, and
+    each refusal is a logged warning (1,600 of them while ``make run`` trained)."""
+    if not model_serving(channel):
+        return False
+    stub = ranking_pb2_grpc.RankingServiceStub(channel)  # type: ignore[no-untyped-call]
     try:
         return all(not recommend(stub, user, 1).fallback for user in users)
     except grpc.RpcError as exc:
@@ -68,7 +88,7 @@ def run_demo(
     with grpc.insecure_channel(stack.ranking_address) as channel:
         stub = ranking_pb2_grpc.RankingServiceStub(channel)
         stack.wait_for(
-            lambda: personalised_ready(stub, users), timeout_s, "personalised recommendations"
+            lambda: personalised_ready(channel, users), timeout_s, "personalised recommendations"
         )
         for user in users:
             print("\n" + render(data, user, recommend(stub, user)), flush=True)
