@@ -291,7 +291,8 @@ class ContiguousConsumer(faust_aiokafka.Consumer):
         return verdicts
 
     def ack(self, message: Message) -> bool:
-        if message not in self._not_applied:
+        # Emptiness first: a WeakSet lookup builds a weak reference, on every message.
+        if not self._not_applied or message not in self._not_applied:
             return bool(super().ack(message))
         # Settled as far as faust's bookkeeping goes (nothing waits on it), but its offset
         # is not counted as done: the message comes again when its partition is re-read.

@@ -10,7 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from recsys.devstack.demo import RANKING_SERVICE, model_serving, personalised_ready
+from recsys.client import SERVICE_NAME
+from recsys.devstack.demo import model_serving, personalised_ready
 
 
 @pytest.fixture
@@ -30,15 +31,15 @@ def test_the_ranking_service_is_ready_only_once_its_health_says_a_model_serves(
     health_server: tuple[health.HealthServicer, str],
 ) -> None:
     servicer, address = health_server
-    assert RANKING_SERVICE == "recsys.v1.RankingService"
+    assert SERVICE_NAME == "recsys.v1.RankingService"
     with grpc.insecure_channel(address) as channel:
         assert not model_serving(channel)  # status not set yet: NOT_FOUND
-        servicer.set(RANKING_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         assert not model_serving(channel)
         # Not ready, and no Recommend was sent (this server has no ranking service: a
         # call would fail with UNIMPLEMENTED and raise).
         assert not personalised_ready(channel, ["1"])
-        servicer.set(RANKING_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         assert model_serving(channel)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recsys.client import SERVICE_NAME
 from recsys.data.movielens import MovieLens
 from recsys.devstack.stack import LocalStack
 from recsys.publish import publish_events
@@ -24,14 +25,11 @@ def recommend(
     return response
 
 
-RANKING_SERVICE = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
-
-
 def model_serving(channel: grpc.Channel) -> bool:
     """True once the ranking service's health status says a model serves."""
     health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
     try:
-        response = health.Check(health_pb2.HealthCheckRequest(service=RANKING_SERVICE), timeout=5)
+        response = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
     except grpc.RpcError:
         return False
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)

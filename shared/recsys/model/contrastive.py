@@ -243,6 +243,10 @@ class _Block(nn.Module):
             return self._forward_training(x, allowed, last_only)
         return self._forward_serving(x, allowed, last_only)
 
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] -> [B, H, L, D / H]."""
+        return t.reshape(t.shape[0], t.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
+
     def _forward_training(
         self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool
     ) -> torch.Tensor:
@@ -250,16 +254,12 @@ class _Block(nn.Module):
         q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
         if last_only:
             q, x, allowed = q[:, -1:], x[:, -1:], allowed[:, -1:]
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(batch, t.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
-
-        scores = heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(self.head_dim)
+        scores = self._heads(q) @ self._heads(k).transpose(-1, -2) / math.sqrt(self.head_dim)
         scores = scores.masked_fill(~allowed.unsqueeze(1), _NEG)
         # no dropout on the [B, H, L, L] attention map: on CPU its random draws cost more
         # than the rest of the block; dropout sits on the residual branches instead
         attention = torch.softmax(scores, dim=-1)
-        mixed = (attention @ heads(v)).transpose(1, 2).reshape(batch, q.shape[1], dim)
+        mixed = (attention @ self._heads(v)).transpose(1, 2).reshape(batch, q.shape[1], dim)
         x = x + self.resid_dropout(self.out(mixed))
         result: torch.Tensor = x + self.resid_dropout(self.ffn(self.norm2(x)))
         return result
@@ -289,13 +289,9 @@ class _Block(nn.Module):
             attention = torch.softmax(scores.masked_fill(~allowed, _NEG), dim=-1)
             mixed = (attention @ v).reshape(batch * positions, dim)
         else:
-
-            def heads(t: torch.Tensor) -> torch.Tensor:
-                return t.reshape(batch, t.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
-
-            scores = heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(self.head_dim)
+            scores = self._heads(q) @ self._heads(k).transpose(-1, -2) / math.sqrt(self.head_dim)
             attention = torch.softmax(scores.masked_fill(~allowed.unsqueeze(1), _NEG), dim=-1)
-            mixed = (attention @ heads(v)).transpose(1, 2).reshape(batch * positions, dim)
+            mixed = (attention @ self._heads(v)).transpose(1, 2).reshape(batch * positions, dim)
         flat = x.reshape(batch * positions, dim) + self.out(mixed)
         result: torch.Tensor = flat + self.ffn(self.norm2(flat))
         return result.reshape(batch, positions, dim)
