@@ -247,6 +247,12 @@ class _Block(nn.Module):
         """[B, L, D] -> [B, H, L, D / H]."""
         return t.reshape(t.shape[0], t.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
 
+    def _projection(self, part: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of the query (0), key (1) or value (2) projection: rows of qkv."""
+        dim = self.qkv.in_features
+        rows = slice(part * dim, (part + 1) * dim)
+        return self.qkv.weight[rows], self.qkv.bias[rows]
+
     def _forward_training(
         self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool
     ) -> torch.Tensor:
@@ -278,12 +284,9 @@ class _Block(nn.Module):
             return self._newest_only(x, allowed)
         batch, length, dim = x.shape
         normed = self.norm1(x).reshape(batch * length, dim)
-        weight, bias = self.qkv.weight, self.qkv.bias
         q, k, v = (
-            F.linear(
-                normed, weight[i * dim : (i + 1) * dim], bias[i * dim : (i + 1) * dim]
-            ).reshape(batch, length, dim)
-            for i in range(3)
+            F.linear(normed, *self._projection(part)).reshape(batch, length, dim)
+            for part in range(3)
         )
         if self.n_heads == 1:
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
@@ -310,9 +313,9 @@ class _Block(nn.Module):
         """
         batch, _, dim = x.shape
         normed = self.norm1(x)
-        weight, bias = self.qkv.weight, self.qkv.bias
-        w_k, w_v, b_v = weight[dim : 2 * dim], weight[2 * dim :], bias[2 * dim :]
-        q = F.linear(normed[:, -1], weight[:dim], bias[:dim])  # [B, D]
+        w_k, _ = self._projection(1)
+        w_v, b_v = self._projection(2)
+        q = F.linear(normed[:, -1], *self._projection(0))  # [B, D]
         keys_allowed = allowed[:, -1]  # [B, L]
         scale = 1.0 / math.sqrt(self.head_dim)
         if self.n_heads == 1:
