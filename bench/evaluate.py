@@ -71,7 +71,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "full + contrastive term (weight 0.1)": {"use_contrastive": True, "contrastive_weight": 0.1},
     "full - text (ID only, full's settings)": {"use_text": False},
     "full - ID embedding (text only)": {"use_id": False},
-    "full - reward weights": {"use_reward_weights": False},
+    # MovieLens has ratings alone, so the event types' rewards are all equal there: what
+    # can be measured is scaling a rating's reward by its value (off by default)
+    "full + rating-scaled rewards": {"scale_rating_rewards": True},
     "full - ID dropout": {"id_dropout": 0.0},
     "full - overlapping windows": {"window_stride": None},
     "full - weight average": {"ema_decay": 0.0},

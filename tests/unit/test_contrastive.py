@@ -145,8 +145,11 @@ def test_reward_weights_order_events_and_scale_ratings() -> None:
     types = np.array([EVENT_TYPE_IDS[t] for t in ("view", "click", "add_to_cart", "purchase")])
     weights = reward_weights(SMALL, types, np.full(4, np.nan, dtype=np.float32))
     assert list(weights) == sorted(weights) and len(set(weights.tolist())) == 4
-    ratings = reward_weights(SMALL, np.array([RATING, RATING, 0]), np.array([5.0, 1.0, np.nan]))
-    assert ratings[0] > ratings[1] > 0 and ratings[2] == 0
+    rated = np.array([RATING, RATING, 0]), np.array([5.0, 1.0, np.nan])
+    scaled = reward_weights(SMALL.model_copy(update={"scale_rating_rewards": True}), *rated)
+    assert scaled[0] > scaled[1] > 0 and scaled[2] == 0
+    unscaled = reward_weights(SMALL.model_copy(update={"scale_rating_rewards": False}), *rated)
+    assert unscaled[0] == unscaled[1] > 0 and unscaled[2] == 0
 
 
 def _one_step(config: ContrastiveConfig):
@@ -178,6 +181,7 @@ def _one_step(config: ContrastiveConfig):
         {},
         {"use_contrastive": False},
         {"use_reward_weights": False},
+        {"scale_rating_rewards": True},
         {"use_text": False},
         {"use_id": False},
         {"mask_history_in_loss": True},
