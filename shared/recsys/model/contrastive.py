@@ -449,8 +449,8 @@ class ContrastiveRecommender(nn.Module):
 
 
 def reward_weights(config: ContrastiveConfig, types: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per-event reward: the type's reward; with ``scale_rating_rewards``, a rating's
-    scales by value / rating_midpoint.
+    """Per-event reward: the type's reward, times value / rating_midpoint for a rating when
+    ``scale_rating_rewards`` is on.
 
     ``values`` is NaN where an event has none. Padding (type 0) weighs 0.
     """
