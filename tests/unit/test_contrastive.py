@@ -239,10 +239,11 @@ def test_training_is_deterministic_with_a_seed() -> None:
     assert not np.array_equal(first.item_vectors, other.item_vectors)
 
 
+@pytest.mark.parametrize("n_heads", [1, 2])  # one head has its own, folded arrangement
 @pytest.mark.parametrize("batch", [1, 5, 32])
-def test_onnx_export_matches_torch(tmp_path: Path, batch: int) -> None:
+def test_onnx_export_matches_torch(tmp_path: Path, batch: int, n_heads: int) -> None:
     torch.manual_seed(0)
-    tower = UserTower(SMALL).eval()
+    tower = UserTower(SMALL.model_copy(update={"n_heads": n_heads})).eval()
     path = export_user_encoder(tower, tmp_path / "user.onnx", SMALL.max_len, SMALL.dim)
     encoder = OnnxUserEncoder(path, prefer_cuda=False)
     vectors, types = _inputs(batch, SMALL.max_len, SMALL.dim, seed=batch)
@@ -404,8 +405,9 @@ def test_weight_average_ramps_its_decay_up_so_it_follows_early_training() -> Non
 def test_serving_arrangement_computes_what_training_does(n_heads: int, last_only: bool) -> None:
     """Eval mode (what is exported to ONNX) arranges each block for onnxruntime; without
     dropout the training arrangement must give the same numbers: bit for bit for every
-    position, and up to float rounding for the last one alone, whose key and value
-    projections are folded into the query (a different order of the same sums)."""
+    position with several heads, and up to float rounding where projections are folded
+    together (a different order of the same sums): the last position alone, and every
+    position of a single head."""
     config = SMALL.model_copy(update={"n_heads": n_heads, "dropout": 0.0})
     torch.manual_seed(0)
     tower = UserTower(config)
@@ -413,17 +415,19 @@ def test_serving_arrangement_computes_what_training_does(n_heads: int, last_only
     with torch.no_grad():
         trained_way = tower.train().encode_all(vectors, types, last_only=last_only)
         served_way = tower.eval().encode_all(vectors, types, last_only=last_only)
-    if last_only:
-        assert served_way.shape == trained_way.shape
+    assert served_way.shape == trained_way.shape
+    if last_only or n_heads == 1:
         torch.testing.assert_close(served_way, trained_way, rtol=1e-5, atol=1e-5)
     else:
         assert torch.equal(trained_way, served_way)
 
 
-def test_last_position_fold_matches_a_long_padded_history_and_many_heads() -> None:
-    """The folded last layer against the plain arrangement on histories of every length
-    (one real item up to all of them), four heads, trained-looking weights."""
-    config = SMALL.model_copy(update={"n_heads": 4, "dim": 32, "dropout": 0.0})
+@pytest.mark.parametrize("n_heads", [1, 4])
+def test_folded_layers_match_a_long_padded_history(n_heads: int) -> None:
+    """The folded layers against the plain arrangement on histories of every length
+    (one real item up to all of them), trained-looking weights: the last layer with one
+    head or many, and with one head every position of every layer."""
+    config = SMALL.model_copy(update={"n_heads": n_heads, "dim": 32, "dropout": 0.0})
     torch.manual_seed(1)
     tower = UserTower(config)
     with torch.no_grad():
@@ -435,6 +439,7 @@ def test_last_position_fold_matches_a_long_padded_history_and_many_heads() -> No
     for row in range(batch):
         types[row, : config.max_len - 1 - row] = 0  # row r keeps its newest r + 1 items
     with torch.no_grad():
-        plain = tower.train().encode_all(vectors, types, last_only=True)
-        folded = tower.eval().encode_all(vectors, types, last_only=True)
-    torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-5)
+        for last_only in (True, False):
+            plain = tower.train().encode_all(vectors, types, last_only=last_only)
+            folded = tower.eval().encode_all(vectors, types, last_only=last_only)
+            torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-5)
