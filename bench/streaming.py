@@ -434,6 +434,14 @@ def onnx_vs_torch(
             "speedup": round(torch_s / onnx_s, 2),
         }
 
+    # Torch's first pass over a batch bigger than any before it allocates with mmap
+    # (glibc's threshold only rises once such a block is freed) and pays page faults on
+    # every call: 64 full-length histories measured 7 ms warm and 12 ms cold. Both
+    # runtimes see the largest batch first, so torch is timed in its faster, steady state.
+    largest = max(batches)
+    warm_vectors = rng.standard_normal((largest, encoder.max_len, encoder.dim)).astype(np.float32)
+    warm_types = rng.integers(1, n_types, size=(largest, encoder.max_len))
+    compare([(warm_vectors, warm_types)])
     full, stream = [], []
     for batch in batches:
         vectors = rng.standard_normal((batch, encoder.max_len, encoder.dim)).astype(np.float32)
