@@ -30,6 +30,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import threading
@@ -472,6 +473,18 @@ def onnx_vs_torch(
     }
 
 
+def discard_stack_data(work: Path) -> None:
+    """Keep a run's logs and probe times; remove what the stack stored (vector store,
+    artifacts, text cache, tables: about 140 MB a run), so runs do not fill /tmp."""
+    for entry in work.iterdir():
+        if entry.suffix in {".log", ".json"} and entry.is_file():
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def run_once(args: Any, run: int) -> dict[str, Any]:
     """One complete measurement on a fresh stack."""
     log = io.StringIO()
@@ -567,6 +580,7 @@ def run_once(args: Any, run: int) -> dict[str, Any]:
         for probe, event_at, visible_at in PROBES
     ]
     (work / "probes.json").write_text(json.dumps(probe_times, indent=1))
+    discard_stack_data(work)
     print(f"run {run}: stack logs and probe times in {work}")
     return {
         "events_per_s": throughput["events_per_s"],
