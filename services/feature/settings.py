@@ -8,13 +8,13 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from recsys.events import EVENT_TYPES
+from recsys.events import DEFAULT_EVENT_WEIGHTS, EVENT_TYPES
 from recsys.settings import KafkaSettings, ObservabilitySettings
 
 
 def _default_event_weights() -> dict[str, float]:
-    # The trainer's default reward weights: a purchase says more than a view.
-    return {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rating": 1.0}
+    # the trainer's reward weights: a purchase says more than a view
+    return dict(DEFAULT_EVENT_WEIGHTS)
 
 
 class FeatureSettings(BaseSettings):

@@ -11,14 +11,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from recsys.events import EVENT_TYPES
+from recsys.events import DEFAULT_EVENT_WEIGHTS, EVENT_TYPES
 from recsys.model.contrastive import ContrastiveConfig
 from recsys.model.text_encoder import DEFAULT_ENCODER
 
 
 def _default_type_weights() -> dict[str, float]:
-    # A purchase says more about taste than a view; ratings are explicit but frequent.
-    return {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rating": 1.0}
+    # the contrastive model's reward weights and the feature service's popularity weights
+    return dict(DEFAULT_EVENT_WEIGHTS)
 
 
 class ModelSettings(BaseModel):

@@ -32,6 +32,16 @@ EventType = Literal["view", "click", "add_to_cart", "purchase", "rating"]
 EVENT_TYPES: tuple[EventType, ...] = ("view", "click", "add_to_cart", "purchase", "rating")
 # Index 0 is padding in model inputs, so event types are numbered from 1.
 EVENT_TYPE_IDS: dict[str, int] = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}
+# What an event of each type says about a user's interest, relative to a view: the
+# default of the trainer's reward and type weights and of the feature service's
+# popularity weights (each a setting of its own).
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 1.5,
+    "add_to_cart": 2.5,
+    "purchase": 4.0,
+    "rating": 1.0,
+}
 
 MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 10_000

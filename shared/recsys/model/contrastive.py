@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from recsys.events import EVENT_TYPE_IDS, EVENT_TYPES
+from recsys.events import DEFAULT_EVENT_WEIGHTS, EVENT_TYPE_IDS, EVENT_TYPES
 from recsys.model.user_encoder import PADDING_EVENT_TYPE
 
 N_EVENT_TYPES = len(EVENT_TYPES) + 1  # + padding (id 0)
@@ -41,7 +41,7 @@ _NEG = -1e9  # a large negative for masked logits (-inf would give NaN on fully 
 
 
 def _default_rewards() -> dict[str, float]:
-    return {"view": 1.0, "click": 1.5, "add_to_cart": 2.5, "purchase": 4.0, "rating": 1.0}
+    return dict(DEFAULT_EVENT_WEIGHTS)
 
 
 class ContrastiveConfig(BaseModel):
