@@ -322,8 +322,15 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 logging.shutdown()
                 os._exit(1)
 
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def read_stalled_partitions_again() -> None:
+        consumer = cast(ContiguousConsumer, app.consumer)
+        await consumer.read_stalled_again(settings.stall_reread_seconds)
+
     async def count_assigned(_sender: Any, assigned: set[TP], **_: Any) -> None:
-        ASSIGNED_PARTITIONS.set(sum(1 for tp in assigned if tp.topic == topics.interactions))
+        owned = sorted(tp.partition for tp in assigned if tp.topic == topics.interactions)
+        ASSIGNED_PARTITIONS.set(len(owned))
+        log.info("partitions assigned", extra={"topic": topics.interactions, "partitions": owned})
 
     # (mode types receivers as taking any positional arguments; this one takes one)
     app.on_partitions_assigned.connect(count_assigned)  # type: ignore[arg-type]

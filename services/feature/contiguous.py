@@ -39,7 +39,11 @@ later replay it read as a duplicate, and it was lost (the rebalance test caught 
 missing 12-27 events each). So the agent admits each partition's events contiguously too
 (:meth:`ContiguousConsumer.admit`): an event after a hole is not applied, the partition
 is read again from the hole, and the events not applied are not acknowledged (faust
-acknowledges a whole batch once the agent returns).
+acknowledges a whole batch once the agent returns). A hole is seen when a later event of
+its partition arrives; when none does (a dropped event was the last before a quiet
+spell), a periodic check reads the partition again once its handed-on events have not
+reached the agent for a while (:meth:`ContiguousConsumer.read_stalled_again`): a
+restarted worker once sat 180 s on its last two events that way.
 
 Plugged in as the transport's consumer class (services/feature/transport.py), not
 patched into faust.
@@ -50,8 +54,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import time
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka.errors import IllegalStateError  # type: ignore[import-untyped]
@@ -108,6 +113,10 @@ class OffsetGuard:
     def expected(self, tp: TP) -> int | None:
         return self._next.get(tp)
 
+    def handed_on(self) -> dict[TP, int]:
+        """Per started partition, the offset after the last record handed on."""
+        return dict(self._next)
+
     def check(self, tp: TP, offset: int) -> Verdict:
         expected = self._next.get(tp)
         if expected is None:
@@ -139,20 +148,24 @@ class AppliedOffsets:
     hole: a message faust dropped on its way to the agent.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._next: dict[TP, int] = {}
         self._rewinding: dict[TP, int] = {}  # partition -> offset it is being read from again
         self._gaps: dict[TP, int] = {}  # partition -> offset the guard accepted after a gap
+        self._since: dict[TP, float] = {}  # partition -> last start, progress or stall re-read
 
     def forget(self) -> None:
         self._next.clear()
         self._rewinding.clear()
         self._gaps.clear()
+        self._since.clear()
 
     def start(self, tp: TP, offset: int) -> None:
         self._next[tp] = offset
         self._rewinding.pop(tp, None)
         self._gaps.pop(tp, None)
+        self._since[tp] = self._clock()
 
     def gap_accepted(self, tp: TP, offset: int) -> None:
         """The guard accepted a jump to ``offset``: the offsets before it are not in the log."""
@@ -172,6 +185,7 @@ class AppliedOffsets:
             del self._gaps[tp]
         self._next[tp] = offset + 1
         self._rewinding.pop(tp, None)
+        self._since[tp] = self._clock()
         return True
 
     def hole(self, tp: TP) -> int | None:
@@ -185,6 +199,29 @@ class AppliedOffsets:
 
     def rewind_failed(self, tp: TP) -> None:
         self._rewinding.pop(tp, None)
+
+    def stalled(self, handed_on: Mapping[TP, int], after_s: float) -> list[tuple[TP, int]]:
+        """Partitions to read again, with the offset to read from: records up to
+        ``handed_on[tp]`` passed the guard, the next one to apply is below it, and nothing
+        was applied for ``after_s`` seconds.
+
+        A message faust drops on its way to the agent is found as a hole when a later one
+        of its partition arrives; when none arrives (the last events before a quiet spell,
+        as after a worker's restart), only the wait finds it. Each stalled partition is
+        reported once per ``after_s`` until it moves again.
+        """
+        now = self._clock()
+        stalled: list[tuple[TP, int]] = []
+        for tp, expected in self._next.items():
+            passed = handed_on.get(tp)
+            if passed is None or passed <= expected:
+                continue  # everything handed on was applied
+            if now - self._since.get(tp, now) < after_s:
+                continue
+            self._rewinding[tp] = expected
+            self._since[tp] = now
+            stalled.append((tp, expected))
+        return stalled
 
 
 class ContiguousConsumer(faust_aiokafka.Consumer):
@@ -216,15 +253,19 @@ class ContiguousConsumer(faust_aiokafka.Consumer):
         # in between: the new starting points take effect together with faust's.
         committed = await super().seek_to_committed()
         read_again: dict[TP, int] = {}
+        starts: dict[str, int] = {}
         for tp, offset in committed.items():
             if self._guarded(tp):
                 # Nothing committed: from offset 0. Where the log starts later, the consumer
                 # starts there (auto_offset_reset "earliest"), and after one seek back to 0
                 # the guard takes the jump for offsets gone from the log.
                 start = offset if offset is not None and offset > 0 else 0
+                starts[f"{tp.topic}/{tp.partition}"] = start
                 self._applied.start(tp, start)
                 if self._guard.start(tp, start):
                     read_again[tp] = start
+        if starts:
+            log.info("reading from committed offsets", extra={"offsets": starts})
         if read_again:
             # Records were dropped while the seek was in flight; some may have come from
             # the new position (a restarted worker stalled on exactly that). Read them again.
@@ -289,6 +330,21 @@ class ContiguousConsumer(faust_aiokafka.Consumer):
                 # No longer assigned: the rebalance under way seeks it again.
                 self._applied.rewind_failed(tp)
         return verdicts
+
+    async def read_stalled_again(self, after_s: float) -> None:
+        """Read again each partition whose handed-on events have not reached the agent
+        for ``after_s`` seconds (see :meth:`AppliedOffsets.stalled`)."""
+        for tp, offset in self._applied.stalled(self._guard.handed_on(), after_s):
+            log.warning(
+                "events handed on but not applied; reading again",
+                extra={"tp": str(tp), "offset": offset, "after_s": after_s},
+            )
+            self._guard.start(tp, offset)
+            try:
+                await self.seek_wait({tp: offset})
+            except IllegalStateError:
+                # No longer assigned: the rebalance under way seeks it again.
+                self._applied.rewind_failed(tp)
 
     def ack(self, message: Message) -> bool:
         # Emptiness first: a WeakSet lookup builds a weak reference, on every message.

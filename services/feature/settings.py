@@ -33,6 +33,12 @@ class FeatureSettings(BaseSettings):
     )
     batch_size: int = Field(1_000, ge=1, description="events applied per batch")
     batch_wait_ms: int = Field(10, ge=1, description="longest wait to fill a batch")
+    stall_reread_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="read a partition again when events it handed on have reached no batch"
+        " for this long (faust can drop a message on its way to the agent)",
+    )
     data_dir: Path = Field(Path(".data/feature"), description="faust worker data folder")
     producer_linger_ms: int = Field(
         5, ge=0, description="linger of faust's producer (dead letters, re-keyed events)"

@@ -119,6 +119,10 @@ def test_feature_killed_mid_stream_loses_no_event(
     stack.wait_for(
         lambda: all(_reflected(stub, user, item) for item in items), 180, "both events reflected"
     )
+    # the restarted worker owns every partition again (the counters a timeout reports)
+    feature = stack.pipeline_counters()["feature"]
+    assert feature["recsys_feature_assigned_partitions"] == stack.config.partitions
+    assert feature["recsys_feature_events_total{outcome=processed}"] >= 1
 
 
 def test_frozen_broker_is_survived_without_manual_action(

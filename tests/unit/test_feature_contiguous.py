@@ -155,3 +155,62 @@ def test_a_gap_the_guard_accepted_is_not_a_hole() -> None:
     applied.gap_accepted(P0, 150)
     applied.start(P0, 100)
     assert applied.admit(P0, 150) is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_events_handed_on_but_never_applied_are_read_again_after_the_wait() -> None:
+    """The restart test's stall: faust dropped the partition's last two events on their
+    way to the agent and no later event came to reveal the hole."""
+    clock = _Clock()
+    guard, applied = OffsetGuard(), AppliedOffsets(clock)
+    guard.start(P1, 50)
+    applied.start(P1, 50)
+    assert _handed_on(guard, P1, [50, 51]) == [50, 51]  # passed on, then dropped by faust
+    clock.now += 4.9
+    assert applied.stalled(guard.handed_on(), after_s=5.0) == []  # may still be on its way
+    clock.now += 0.2
+    assert applied.stalled(guard.handed_on(), after_s=5.0) == [(P1, 50)]
+    assert applied.hole(P1) is None  # that read again is under way
+    guard.start(P1, 50)  # as read_stalled_again does
+    clock.now += 1.0
+    assert applied.stalled(guard.handed_on(), after_s=5.0) == []
+    assert _handed_on(guard, P1, [50, 51]) == [50, 51]
+    assert _applied(applied, P1, [50, 51]) == [50, 51]
+    clock.now += 60.0
+    assert applied.stalled(guard.handed_on(), after_s=5.0) == []  # all applied: idle
+
+
+def test_a_partition_still_applying_is_not_read_again() -> None:
+    clock = _Clock()
+    guard, applied = OffsetGuard(), AppliedOffsets(clock)
+    guard.start(P0, 0)
+    applied.start(P0, 0)
+    assert _handed_on(guard, P0, range(0, 100)) == list(range(100))
+    for offset in range(0, 90):  # a slow agent, but moving
+        clock.now += 1.0
+        assert applied.admit(P0, offset) is True
+        assert applied.stalled(guard.handed_on(), after_s=5.0) == []
+
+
+def test_a_stalled_partition_is_reported_again_if_the_read_again_is_lost_too() -> None:
+    clock = _Clock()
+    guard, applied = OffsetGuard(), AppliedOffsets(clock)
+    guard.start(P0, 7)
+    applied.start(P0, 7)
+    assert _handed_on(guard, P0, [7]) == [7]
+    clock.now += 6.0
+    assert applied.stalled(guard.handed_on(), after_s=5.0) == [(P0, 7)]
+    guard.start(P0, 7)
+    assert _handed_on(guard, P0, [7]) == [7]  # read again, and dropped again
+    clock.now += 6.0
+    assert applied.stalled(guard.handed_on(), after_s=5.0) == [(P0, 7)]
+    applied.forget()  # a rebalance: its seek to committed offsets takes over
+    clock.now += 60.0
+    assert applied.stalled(guard.handed_on(), after_s=5.0) == []

@@ -26,6 +26,14 @@ from recsys.settings import KafkaSettings
 from recsys.topics import create_topics
 
 SERVICES = ("feature", "inference", "ranking", "trainer")
+# Counters that say how far events got, reported when a wait times out.
+PIPELINE_METRIC_PREFIXES = (
+    "recsys_feature_",
+    "recsys_inference_vectors",
+    "recsys_indexer_",
+    "recsys_dead_letters",
+    "recsys_trainer_runs",
+)
 
 
 @dataclass
@@ -158,8 +166,23 @@ class LocalStack:
                     f"service {dead[0].name} exited while waiting for {what}:\n{tail}"
                 )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+                raise TimeoutError(
+                    f"timed out after {timeout_s:.0f}s waiting for {what}; "
+                    f"pipeline counters: {self.pipeline_counters()}"
+                )
             time.sleep(0.1)
+
+    def pipeline_counters(self) -> dict[str, dict[str, float]]:
+        """Where events got to, per service: every counter and gauge named for the
+        pipeline (events by outcome, partitions owned, vectors published, writes)."""
+        return {
+            name: {
+                _sample_label(sample): sample.value
+                for sample in self.metric_samples(name, timeout_s=1.0)
+                if sample.name.startswith(PIPELINE_METRIC_PREFIXES)
+            }
+            for name in SERVICES
+        }
 
     def stop(self) -> None:
         self.supervisor.stop()
@@ -179,3 +202,8 @@ class LocalStack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _sample_label(sample: Sample) -> str:
+    labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+    return f"{sample.name}{{{labels}}}" if labels else sample.name
