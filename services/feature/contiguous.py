@@ -42,8 +42,9 @@ is read again from the hole, and the events not applied are not acknowledged (fa
 acknowledges a whole batch once the agent returns). A hole is seen when a later event of
 its partition arrives; when none does (a dropped event was the last before a quiet
 spell), a periodic check reads the partition again once its handed-on events have not
-reached the agent for a while (:meth:`ContiguousConsumer.read_stalled_again`): a
-restarted worker once sat 180 s on its last two events that way.
+reached the agent for a while (:meth:`ContiguousConsumer.read_stalled_again`). That is
+the likely cause of a restarted worker sitting 180 s on its last two events in one CI run
+(its logs could not tell; they now show assignments and start offsets).
 
 Plugged in as the transport's consumer class (services/feature/transport.py), not
 patched into faust.
