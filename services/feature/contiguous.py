@@ -42,9 +42,9 @@ is read again from the hole, and the events not applied are not acknowledged (fa
 acknowledges a whole batch once the agent returns). A hole is seen when a later event of
 its partition arrives; when none does (a dropped event was the last before a quiet
 spell), a periodic check reads the partition again once its handed-on events have not
-reached the agent for a while (:meth:`ContiguousConsumer.read_stalled_again`). That is
-the likely cause of a restarted worker sitting 180 s on its last two events in one CI run
-(its logs could not tell; they now show assignments and start offsets).
+reached the agent for a while (:meth:`ContiguousConsumer.read_stalled_again`). It caught
+one such stall in a running worker (an event held 5 s, then read again), and is the
+likely cause of a restarted worker sitting 180 s on its last two events in one CI run.
 
 Plugged in as the transport's consumer class (services/feature/transport.py), not
 patched into faust.
@@ -207,8 +207,8 @@ class AppliedOffsets:
         was applied for ``after_s`` seconds.
 
         A message faust drops on its way to the agent is found as a hole when a later one
-        of its partition arrives; when none arrives (the last events before a quiet spell,
-        as after a worker's restart), only the wait finds it. Each stalled partition is
+        of its partition arrives; when none arrives (the last events before a quiet spell),
+        only the wait finds it. Each stalled partition is
         reported once per ``after_s`` until it moves again.
         """
         now = self._clock()
