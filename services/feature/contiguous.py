@@ -324,12 +324,7 @@ class ContiguousConsumer(faust_aiokafka.Consumer):
                 "events dropped before the agent; reading again",
                 extra={"tp": str(tp), "offset": offset},
             )
-            self._guard.start(tp, offset)
-            try:
-                await self.seek_wait({tp: offset})
-            except IllegalStateError:
-                # No longer assigned: the rebalance under way seeks it again.
-                self._applied.rewind_failed(tp)
+            await self._read_again(tp, offset)
         return verdicts
 
     async def read_stalled_again(self, after_s: float) -> None:
@@ -340,12 +335,16 @@ class ContiguousConsumer(faust_aiokafka.Consumer):
                 "events handed on but not applied; reading again",
                 extra={"tp": str(tp), "offset": offset, "after_s": after_s},
             )
-            self._guard.start(tp, offset)
-            try:
-                await self.seek_wait({tp: offset})
-            except IllegalStateError:
-                # No longer assigned: the rebalance under way seeks it again.
-                self._applied.rewind_failed(tp)
+            await self._read_again(tp, offset)
+
+    async def _read_again(self, tp: TP, offset: int) -> None:
+        """Hand ``tp`` on from ``offset`` again, where the agent is to apply it next."""
+        self._guard.start(tp, offset)
+        try:
+            await self.seek_wait({tp: offset})
+        except IllegalStateError:
+            # No longer assigned: the rebalance under way seeks it again.
+            self._applied.rewind_failed(tp)
 
     def ack(self, message: Message) -> bool:
         # Emptiness first: a WeakSet lookup builds a weak reference, on every message.

@@ -12,11 +12,6 @@ from recsys.events import DEFAULT_EVENT_WEIGHTS, EVENT_TYPES
 from recsys.settings import KafkaSettings, ObservabilitySettings
 
 
-def _default_event_weights() -> dict[str, float]:
-    # the trainer's reward weights: a purchase says more than a view
-    return dict(DEFAULT_EVENT_WEIGHTS)
-
-
 class FeatureSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_FEATURE_", extra="ignore")
 
@@ -27,7 +22,7 @@ class FeatureSettings(BaseSettings):
         500, ge=1, description="recent event ids kept per user (as 12-character digests)"
     )
     event_weights: dict[str, float] = Field(
-        default_factory=_default_event_weights,
+        default_factory=DEFAULT_EVENT_WEIGHTS.copy,
         description="event types kept and their weight in item popularity (JSON object);"
         " a type left out, or weighted 0, is ignored",
     )

@@ -16,11 +16,6 @@ from recsys.model.contrastive import ContrastiveConfig
 from recsys.model.text_encoder import DEFAULT_ENCODER
 
 
-def _default_type_weights() -> dict[str, float]:
-    # the contrastive model's reward weights and the feature service's popularity weights
-    return dict(DEFAULT_EVENT_WEIGHTS)
-
-
 class ModelSettings(BaseModel):
     """Everything that changes the trained artifact; recorded in its manifest."""
 
@@ -40,7 +35,7 @@ class ModelSettings(BaseModel):
         10.0, gt=0, allow_inf_nan=False, description="interactions until weight halves"
     )
     type_weights: dict[str, float] = Field(
-        default_factory=_default_type_weights, description="weight per event type (padding 0)"
+        default_factory=DEFAULT_EVENT_WEIGHTS.copy, description="weight per event type (padding 0)"
     )
     text_batch_size: int = Field(64, ge=1, description="texts per text-encoder batch")
     max_text_length: int = Field(128, ge=8, description="text-encoder token limit")
