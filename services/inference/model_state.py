@@ -40,7 +40,12 @@ class ServingModel:
         ids = loaded.item_ids
         log.info(
             "model loaded",
-            extra={"version": version, "items": len(ids), "providers": encoder.providers},
+            extra={
+                "version": version,
+                "items": len(ids),
+                "providers": encoder.providers,
+                "io_binding": encoder.io_binding,
+            },
         )
         return cls(
             version=version,

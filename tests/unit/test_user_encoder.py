@@ -12,9 +12,13 @@ from recsys.events import EVENT_TYPE_IDS
 from recsys.model.onnx_runtime import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
+    OnnxItemEncoder,
     OnnxUserEncoder,
+    SessionRunner,
+    TextItemEncoder,
     _export,
     choose_providers,
+    export_item_encoder,
     export_user_encoder,
     length_buckets,
     pad_left,
@@ -211,6 +215,42 @@ def test_provider_falls_back_to_cpu(onnx_path: Path, session: OnnxUserEncoder) -
     np.testing.assert_allclose(
         preferred.encode(vectors, types), session.encode(vectors, types), atol=1e-5
     )
+
+
+def test_io_binding_is_used_on_cuda_only_unless_asked(
+    onnx_path: Path, session: OnnxUserEncoder
+) -> None:
+    assert not session.io_binding
+    assert OnnxUserEncoder(onnx_path, prefer_cuda=False, io_binding=True).io_binding
+    # the default follows the provider that really runs the graph
+    on_gpu = SessionRunner(object(), [CUDA_PROVIDER, CPU_PROVIDER], OUTPUT_USER_VECTOR)
+    assert on_gpu.io_binding and on_gpu.device == "cuda"
+    turned_off = SessionRunner(object(), [CUDA_PROVIDER], OUTPUT_USER_VECTOR, io_binding=False)
+    assert not turned_off.io_binding
+
+
+@pytest.mark.parametrize("batch", [1, 5, 32])
+def test_io_binding_gives_the_plain_run_s_user_vectors(
+    onnx_path: Path, session: OnnxUserEncoder, batch: int
+) -> None:
+    bound = OnnxUserEncoder(onnx_path, prefer_cuda=False, io_binding=True)
+    vectors, types = random_batch(batch, seed=batch)
+    expected = session.encode(vectors, types)
+    np.testing.assert_array_equal(bound.encode(vectors, types), expected)
+    # a shorter sequence axis binds inputs of another shape to the same session
+    short = bound.encode(vectors[:, -3:], types[:, -3:])
+    np.testing.assert_array_equal(short, session.encode(vectors[:, -3:], types[:, -3:]))
+
+
+def test_io_binding_gives_the_plain_run_s_item_vectors(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = export_item_encoder(TextItemEncoder(torch.nn.Linear(24, DIM)), tmp_path / "i.onnx", 24)
+    texts = np.random.default_rng(0).normal(size=(7, 24)).astype(np.float32)
+    plain = OnnxItemEncoder(path, prefer_cuda=False)
+    bound = OnnxItemEncoder(path, prefer_cuda=False, io_binding=True)
+    assert bound.io_binding and not plain.io_binding
+    np.testing.assert_array_equal(bound.encode(texts), plain.encode(texts))
+    assert bound.encode(np.zeros((0, 24), dtype=np.float32)).shape == (0, DIM)
 
 
 def test_invalid_hyperparameters_are_refused() -> None:

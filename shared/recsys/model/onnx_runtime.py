@@ -164,18 +164,63 @@ def _session(path: Path, prefer_cuda: bool, intra_op_threads: int) -> tuple[Any,
     return session, providers
 
 
+class SessionRunner:
+    """Runs a one-output session on numpy inputs and returns the output as numpy.
+
+    On CUDA it uses IO binding: the inputs are copied to the GPU as they are bound, the
+    output is allocated in GPU memory by onnxruntime and copied back in one call. These
+    are the two copies ``session.run`` would make inside the run; binding makes them
+    explicit and keeps the output on the GPU until it is read. On CPU, ``session.run``
+    reads numpy inputs in place, so binding would only add calls: it is off there unless
+    asked for (the tests ask, to run the binding path without a GPU).
+    """
+
+    def __init__(
+        self, session: Any, providers: list[str], output: str, io_binding: bool | None = None
+    ) -> None:
+        self._session = session
+        self._output = output
+        self.device = "cuda" if providers[0] == CUDA_PROVIDER else "cpu"
+        self.io_binding = self.device == "cuda" if io_binding is None else io_binding
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        if not self.io_binding:
+            (out,) = self._session.run([self._output], inputs)
+            return np.asarray(out, dtype=np.float32)
+        binding = self._session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, array)
+        # device 0: the CUDA provider's default, and the one GPU a pod is given
+        binding.bind_output(self._output, self.device, 0)
+        self._session.run_with_iobinding(binding)
+        (out,) = binding.copy_outputs_to_cpu()
+        return np.asarray(out, dtype=np.float32)
+
+
 class OnnxItemEncoder:
     """An onnxruntime session over a :class:`TextItemEncoder` export."""
 
-    def __init__(self, path: Path, prefer_cuda: bool = True, intra_op_threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: Path,
+        prefer_cuda: bool = True,
+        intra_op_threads: int = 1,
+        io_binding: bool | None = None,
+    ) -> None:
         self.path = Path(path)
         self._session, self.providers = _session(self.path, prefer_cuda, intra_op_threads)
+        self._runner = SessionRunner(self._session, self.providers, OUTPUT_ITEM_VECTORS, io_binding)
         shape = self._session.get_inputs()[0].shape
         outputs = self._session.get_outputs()
         if len(shape) != 2 or not isinstance(shape[1], int):
             raise ValueError(f"{self.path}: text_vectors needs a static [batch, text_dim]")
         self.text_dim: int = shape[1]
         self.dim: int = int(outputs[0].shape[1])
+
+    @property
+    def io_binding(self) -> bool:
+        """Whether runs go through IO binding (on CUDA, unless turned off)."""
+        return self._runner.io_binding
 
     def encode(self, text_vectors: np.ndarray) -> np.ndarray:
         """float32 [N, text_dim] -> unit float32 [N, dim]."""
@@ -184,8 +229,7 @@ class OnnxItemEncoder:
             raise ValueError(f"text_vectors must be [N, {self.text_dim}], got {texts.shape}")
         if texts.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        result: np.ndarray = self._session.run(None, {INPUT_TEXT_VECTORS: texts})[0]
-        return result
+        return self._runner.run({INPUT_TEXT_VECTORS: texts})
 
 
 class OnnxUserEncoder:
@@ -195,9 +239,16 @@ class OnnxUserEncoder:
     ones fixed at ``max_len`` positions.
     """
 
-    def __init__(self, path: Path, prefer_cuda: bool = True, intra_op_threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: Path,
+        prefer_cuda: bool = True,
+        intra_op_threads: int = 1,
+        io_binding: bool | None = None,
+    ) -> None:
         self.path = Path(path)
         self._session, self.providers = _session(self.path, prefer_cuda, intra_op_threads)
+        self._runner = SessionRunner(self._session, self.providers, OUTPUT_USER_VECTOR, io_binding)
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = [o.name for o in self._session.get_outputs()]
         if set(inputs) != {INPUT_ITEM_VECTORS, INPUT_EVENT_TYPES} or outputs != [
@@ -224,10 +275,16 @@ class OnnxUserEncoder:
             extra={
                 "path": str(self.path),
                 "providers": self.providers,
+                "io_binding": self.io_binding,
                 "max_len": self.max_len,
                 "dynamic_length": self.dynamic_length,
             },
         )
+
+    @property
+    def io_binding(self) -> bool:
+        """Whether runs go through IO binding (on CUDA, unless turned off)."""
+        return self._runner.io_binding
 
     def encode(self, item_vectors: np.ndarray, event_types: np.ndarray) -> np.ndarray:
         """Run the tower: float32 [B, L, dim] and int64 [B, L] -> float32 [B, dim].
@@ -246,10 +303,7 @@ class OnnxUserEncoder:
             raise ValueError(f"event_types must be {vectors.shape[:2]}, got {types.shape}")
         if vectors.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        (out,) = self._session.run(
-            [OUTPUT_USER_VECTOR], {INPUT_ITEM_VECTORS: vectors, INPUT_EVENT_TYPES: types}
-        )
-        return np.asarray(out, dtype=np.float32)
+        return self._runner.run({INPUT_ITEM_VECTORS: vectors, INPUT_EVENT_TYPES: types})
 
     def encode_sequences(self, sequences: Sequence[tuple[np.ndarray, Sequence[int]]]) -> np.ndarray:
         """User vectors for (item vectors [n, dim], event type ids [n]) pairs, oldest first.
