@@ -10,8 +10,9 @@ first model on a warm-up stream of a synthetic catalogue, then measures:
   users buy their current top item; freshness is the time from the event's timestamp
   until a ranking query over gRPC no longer returns that item (p50/p95/p99, and per hop);
 - sustained: a steady stream at ``--sustain-rate`` (default 3,000 events/s) for
-  ``--sustain-seconds``; it keeps up if the feature worker's backlog does not grow and
-  every user's vector is current soon after the stream stops (the drain);
+  ``--sustain-seconds``; it keeps up if the feature worker's backlog, sampled each second,
+  does not grow (its least-squares slope, events/s, near zero against the offered rate)
+  and every user's vector is current soon after the stream stops (the drain);
 - the inference batch-size histogram and each service's full garbage collections (from
   the services' /metrics);
 - ONNX Runtime vs torch eager for the served user encoder on the same batch (ratio).
@@ -241,7 +242,7 @@ class SteadyStream(threading.Thread):
 
 def measure_sustained(
     stack: LocalStack, watcher: VectorWatcher, cat: synthetic.SyntheticCatalogue, args: Any
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """A steady stream at ``--sustain-rate`` for ``--sustain-seconds``. The pipeline keeps
     up if the feature worker's backlog does not grow over the run and every user's vector
     reflects their last event soon after the stream stops (the drain)."""
@@ -265,6 +266,10 @@ def measure_sustained(
     drained = time.monotonic()
     cpu_after = cpu_seconds(stack)
     third = max(1, len(backlog) // 3)
+    # a pipeline that falls behind grows its backlog by (offered - capacity) every second;
+    # one that keeps up holds the events in flight, a level with noise and no slope
+    seconds = list(range(1, len(backlog) + 1))
+    slope = statistics.linear_regression(seconds, backlog).slope if len(backlog) > 1 else 0.0
     return {
         "cpu_seconds_per_1k_events": {
             name: round((cpu_after[name] - cpu_before.get(name, 0.0)) / stream.sent * 1000, 3)
@@ -276,6 +281,8 @@ def measure_sustained(
         "events": stream.sent,
         "feature_backlog_first_third": round(statistics.median(backlog[:third]), 0),
         "feature_backlog_last_third": round(statistics.median(backlog[-third:]), 0),
+        "feature_backlog_slope_per_s": round(slope, 1),
+        "feature_backlog_per_s": backlog,
         "drain_seconds": round(drained - stopped, 2),
     }
 
@@ -660,7 +667,7 @@ def main() -> None:
         "sustained": {
             key: median_of(runs, "sustained", key)
             for key, value in runs[0]["sustained"].items()
-            if not isinstance(value, dict)
+            if not isinstance(value, dict | list)
         },
         "rate": args.rate,
         "freshness_ms": {q: median_of(runs, "freshness_ms", q) for q in ("p50", "p95", "p99")},
