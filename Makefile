@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: help venv run test test-unit test-integration lint format proto proto-check data bench bench-ranking evaluate clean compose-up compose-down
+.PHONY: help venv run test test-unit test-integration lint format proto proto-check data bench bench-inference bench-ranking evaluate clean compose-up compose-down
 COMPOSE ?= docker compose
 # GPU host: make compose-up COMPOSE_FILES="-f docker-compose.yml -f docker-compose.gpu.yml"
 COMPOSE_FILES ?= -f docker-compose.yml
@@ -69,10 +69,16 @@ evaluate: $(STAMP)
 
 # Each script prints its figures and writes bench/results/<name>.json.
 bench: $(STAMP)
+	$(PY) bench/inference.py
 	$(PY) bench/streaming.py
 	$(PY) bench/ranking.py
 	$(PY) bench/refresh.py
 	$(PY) bench/soak.py --runs 3
+
+# The user tower in onnxruntime vs torch eager, CPU and (on a GPU host) CUDA, no broker
+# (about a minute on 2 cores): bench/results/inference.json.
+bench-inference: $(STAMP)
+	$(PY) bench/inference.py
 
 # gRPC ranking latency/throughput on MovieLens and a 1M-item catalogue (about 15 minutes
 # on 2 cores, half of it the 1M HNSW build): bench/results/ranking.json.

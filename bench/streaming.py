@@ -53,7 +53,8 @@ from recsys.devstack.supervisor import Supervisor
 from recsys.events import EVENT_TYPE_IDS, InteractionEvent
 from recsys.kafka import make_consumer, make_producer, produce, usable
 from recsys.model.contrastive import ContrastiveConfig, UserTower
-from recsys.model.onnx_runtime import OnnxUserEncoder, length_buckets, pad_left
+from recsys.model.engine_timing import EngineTimer
+from recsys.model.onnx_runtime import length_buckets, pad_left
 from recsys.model.user_encoder import RecencyWeightedMean, type_weight_vector
 from recsys.publish import publish_events
 from recsys.topics import Topics
@@ -397,70 +398,27 @@ def onnx_vs_torch(
     user vectors, encoded as inference encodes them (length buckets, each padded to its
     longest member; torch gets the very same bucket tensors)."""
     loaded = artifacts.load()
-    encoder = OnnxUserEncoder(loaded.onnx_path, prefer_cuda=True, intra_op_threads=1)
     hyperparameters = loaded.manifest.hyperparameters
     module: torch.nn.Module
     if hyperparameters.get("model") == "contrastive":
         # Same architecture as the served graph; timing does not depend on the weights.
         module = UserTower(ContrastiveConfig.model_validate(hyperparameters["contrastive"]))
     else:
-        settings = ModelSettings(kind="recency_mean", max_seq_len=encoder.max_len)
+        settings = ModelSettings(kind="recency_mean", max_seq_len=loaded.manifest.max_seq_len)
         module = RecencyWeightedMean(settings.half_life, type_weight_vector(settings.type_weights))
-    module.eval()
-    torch.set_num_threads(1)
+    timer = EngineTimer(loaded.onnx_path, module, device="cpu", threads=1, repeats=repeats)
+    encoder = timer.encoder
     rng = np.random.default_rng(0)
-    n_types = len(EVENT_TYPE_IDS) + 1
-
-    def timed(fn: Any) -> float:
-        fn()
-        runs = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - started)
-        return statistics.median(runs)
-
-    def compare(inputs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
-        tensors = [(torch.from_numpy(v), torch.from_numpy(t)) for v, t in inputs]
-
-        def eager() -> None:
-            with torch.inference_mode():
-                for tv, tt in tensors:
-                    module(tv, tt)
-
-        def onnx() -> None:
-            for vectors, types in inputs:
-                encoder.encode(vectors, types)
-
-        return timed(onnx), timed(eager)
-
-    def row(batch: int, onnx_s: float, torch_s: float) -> dict[str, float]:
-        return {
-            "batch": batch,
-            "onnx_ms": round(onnx_s * 1000, 3),
-            "torch_eager_ms": round(torch_s * 1000, 3),
-            "speedup": round(torch_s / onnx_s, 2),
-        }
-
-    # Torch's first pass over a batch bigger than any before it allocates with mmap
-    # (glibc's threshold only rises once such a block is freed) and pays page faults on
-    # every call: 64 full-length histories measured 7 ms warm and 12 ms cold. Both
-    # runtimes see the largest batch first, so torch is timed in its faster, steady state.
-    largest = max(batches)
-    warm_vectors = rng.standard_normal((largest, encoder.max_len, encoder.dim)).astype(np.float32)
-    warm_types = rng.integers(1, n_types, size=(largest, encoder.max_len))
-    compare([(warm_vectors, warm_types)])
+    timer.warm_up(max(batches))
     full, stream = [], []
     for batch in batches:
-        vectors = rng.standard_normal((batch, encoder.max_len, encoder.dim)).astype(np.float32)
-        types = rng.integers(1, n_types, size=(batch, encoder.max_len))
-        full.append(row(batch, *compare([(vectors, types)])))
+        full.append(timer.row(batch, [timer.random_batch(rng, batch, encoder.max_len)]))
         if lengths and encoder.dynamic_length:
             drawn = rng.choice(np.asarray(lengths), size=batch)
             sequences = [
                 (
                     rng.standard_normal((n, encoder.dim)).astype(np.float32),
-                    rng.integers(1, n_types, size=n).tolist(),
+                    rng.integers(1, len(EVENT_TYPE_IDS) + 1, size=n).tolist(),
                 )
                 for n in drawn
             ]
@@ -468,7 +426,7 @@ def onnx_vs_torch(
                 pad_left([sequences[int(i)] for i in rows], width, encoder.dim)
                 for rows, width in length_buckets([int(n) for n in drawn], encoder.max_len)
             ]
-            stream.append(row(batch, *compare(buckets)))
+            stream.append(timer.row(batch, buckets))
     return {
         "providers": encoder.providers,
         "max_len": encoder.max_len,
