@@ -52,12 +52,20 @@ def _export(
     axes: dict[int, Any] = {0: batch}
     if max_len is not None:
         axes[1] = torch.export.Dim("length", min=1, max=max_len)
-    # the exporter's graph passes log every rewrite at INFO; keep the trainer's log readable
-    chatty = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    # the exporter's graph passes log every rewrite at INFO; keep the trainer's log readable.
+    # Its op registry warns once per torchvision op when torchvision is absent (never used
+    # here), in torch's own line format, outside the service's JSON log.
+    quieter = {
+        "onnxscript": logging.WARNING,
+        "onnx_ir": logging.WARNING,
+        "torch.onnx": logging.WARNING,
+        "torch.onnx._internal.exporter._registration": logging.ERROR,
+    }
+    chatty = [logging.getLogger(name) for name in quieter]
     levels = [logger.level for logger in chatty]
     try:
-        for logger in chatty:
-            logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+        for logger, floor in zip(chatty, quieter.values(), strict=True):
+            logger.setLevel(max(floor, logger.getEffectiveLevel()))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # exporter deprecation chatter, not actionable
             torch.onnx.export(

@@ -60,7 +60,10 @@ class TextEncoder:
         max_length: int = 128,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
 
+        # its weight-loading progress bar would write to stderr, outside the JSON log
+        transformers_logging.disable_progress_bar()
         if batch_size < 1 or max_length < 1:
             raise ValueError("batch_size and max_length must be positive")
         path = resolve_model_path(name)
