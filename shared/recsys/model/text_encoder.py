@@ -63,7 +63,7 @@ class TextEncoder:
         from transformers.utils import logging as transformers_logging
 
         # its weight-loading progress bar would write to stderr, outside the JSON log
-        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         if batch_size < 1 or max_length < 1:
             raise ValueError("batch_size and max_length must be positive")
         path = resolve_model_path(name)
