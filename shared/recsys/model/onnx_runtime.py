@@ -205,8 +205,10 @@ class SessionRunner:
         return np.asarray(out, dtype=np.float32)
 
 
-class OnnxItemEncoder:
-    """An onnxruntime session over a :class:`TextItemEncoder` export."""
+class _OnnxEncoder:
+    """A session over one exported encoder, run through a :class:`SessionRunner`."""
+
+    output: str
 
     def __init__(
         self,
@@ -217,18 +219,31 @@ class OnnxItemEncoder:
     ) -> None:
         self.path = Path(path)
         self._session, self.providers = _session(self.path, prefer_cuda, intra_op_threads)
-        self._runner = SessionRunner(self._session, self.providers, OUTPUT_ITEM_VECTORS, io_binding)
+        self._runner = SessionRunner(self._session, self.providers, self.output, io_binding)
+        self._read_graph()
+
+    def _read_graph(self) -> None:
+        """Check the graph against the encoder's contract and read its shapes."""
+        raise NotImplementedError
+
+    @property
+    def io_binding(self) -> bool:
+        """Whether runs go through IO binding (on CUDA, unless turned off)."""
+        return self._runner.io_binding
+
+
+class OnnxItemEncoder(_OnnxEncoder):
+    """An onnxruntime session over a :class:`TextItemEncoder` export."""
+
+    output = OUTPUT_ITEM_VECTORS
+
+    def _read_graph(self) -> None:
         shape = self._session.get_inputs()[0].shape
         outputs = self._session.get_outputs()
         if len(shape) != 2 or not isinstance(shape[1], int):
             raise ValueError(f"{self.path}: text_vectors needs a static [batch, text_dim]")
         self.text_dim: int = shape[1]
         self.dim: int = int(outputs[0].shape[1])
-
-    @property
-    def io_binding(self) -> bool:
-        """Whether runs go through IO binding (on CUDA, unless turned off)."""
-        return self._runner.io_binding
 
     def encode(self, text_vectors: np.ndarray) -> np.ndarray:
         """float32 [N, text_dim] -> unit float32 [N, dim]."""
@@ -240,23 +255,16 @@ class OnnxItemEncoder:
         return self._runner.run({INPUT_TEXT_VECTORS: texts})
 
 
-class OnnxUserEncoder:
+class OnnxUserEncoder(_OnnxEncoder):
     """An onnxruntime session over a user tower that follows the contract in user_encoder.
 
     Reads graphs whose sequence axis is dynamic (``max_len`` from the metadata) and older
     ones fixed at ``max_len`` positions.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        prefer_cuda: bool = True,
-        intra_op_threads: int = 1,
-        io_binding: bool | None = None,
-    ) -> None:
-        self.path = Path(path)
-        self._session, self.providers = _session(self.path, prefer_cuda, intra_op_threads)
-        self._runner = SessionRunner(self._session, self.providers, OUTPUT_USER_VECTOR, io_binding)
+    output = OUTPUT_USER_VECTOR
+
+    def _read_graph(self) -> None:
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = [o.name for o in self._session.get_outputs()]
         if set(inputs) != {INPUT_ITEM_VECTORS, INPUT_EVENT_TYPES} or outputs != [
@@ -288,11 +296,6 @@ class OnnxUserEncoder:
                 "dynamic_length": self.dynamic_length,
             },
         )
-
-    @property
-    def io_binding(self) -> bool:
-        """Whether runs go through IO binding (on CUDA, unless turned off)."""
-        return self._runner.io_binding
 
     def encode(self, item_vectors: np.ndarray, event_types: np.ndarray) -> np.ndarray:
         """Run the tower: float32 [B, L, dim] and int64 [B, L] -> float32 [B, dim].
