@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from recsys.hostinfo import machine_summary
 from recsys.model.contrastive import ContrastiveConfig, UserTower
 from recsys.model.engine_timing import EngineTimer
 from recsys.model.onnx_runtime import export_user_encoder
@@ -123,7 +122,7 @@ def main() -> None:
         }
 
     summary: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine_summary(),
         "gpu": gpu_name(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,

@@ -46,6 +46,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recsys.hostinfo import cpu_model
 from recsys.settings import ArtifactSettings, StoreSettings
 from recsys.v1 import ranking_pb2, ranking_pb2_grpc
 from recsys.vectorstore.base import Filter, VectorRecord, VectorStore
@@ -87,15 +88,9 @@ def ms(seconds: float) -> float:
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    with open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     return {
         "arch": platform.machine(),
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "grpcio": grpc.__version__,

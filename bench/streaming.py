@@ -30,7 +30,6 @@ import functools
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -51,6 +50,7 @@ from recsys.devstack.demo import personalised_ready, recommend
 from recsys.devstack.stack import LocalStack, StackConfig
 from recsys.devstack.supervisor import Supervisor
 from recsys.events import EVENT_TYPE_IDS, InteractionEvent
+from recsys.hostinfo import machine_summary
 from recsys.kafka import make_consumer, make_producer, produce, usable
 from recsys.model.contrastive import ContrastiveConfig, UserTower
 from recsys.model.engine_timing import EngineTimer
@@ -616,7 +616,7 @@ def main() -> None:
     # and every run is kept beside it.
     speedups = runs[0]["onnx_vs_torch_speedup"]
     result: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
+        "machine": f"{machine_summary()}, CPU only",
         "users": args.users,
         "items": args.items,
         "runs": len(runs),

@@ -16,6 +16,7 @@ from recsys.model.contrastive import (
     ContrastiveRecommender,
     ItemTower,
     UserTower,
+    _serving_attention,
     augment,
     contrastive_loss,
     id_only,
@@ -443,3 +444,22 @@ def test_folded_layers_match_a_long_padded_history(n_heads: int) -> None:
             plain = tower.train().encode_all(vectors, types, last_only=last_only)
             folded = tower.eval().encode_all(vectors, types, last_only=last_only)
             torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_served_attention_never_returns_subnormal_weights() -> None:
+    """The served softmax floors logits 80 below the row's top allowed one, so no weight is
+    a subnormal float (x86 cores handle those in microcode: onnxruntime's softmax of masked
+    logits ran 8x slower). The weights stay those of the plain masked softmax, masked keys
+    included (about 1e-35 instead of 0), and a row's allowed keys still share all of it."""
+    torch.manual_seed(0)
+    scores = torch.randn(4, 6, 6) * 60.0  # allowed logits up to ~400 apart: some below -87
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril().expand(4, 6, 6).clone()
+    allowed[0, :, :3] = False  # left padding, keys only
+    allowed[0].fill_diagonal_(True)
+    served = _serving_attention(scores, allowed)
+    plain = torch.softmax(scores.masked_fill(~allowed, -1e9), dim=-1)
+    subnormal = (served != 0) & (served.abs() < torch.finfo(torch.float32).tiny)
+    assert not subnormal.any()
+    assert bool(((plain != 0) & (plain.abs() < torch.finfo(torch.float32).tiny)).any())
+    torch.testing.assert_close(served, plain, rtol=0.0, atol=1e-6)
+    assert float(served.masked_select(~allowed).max()) < 1e-30

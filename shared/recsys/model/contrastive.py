@@ -38,6 +38,9 @@ from recsys.model.user_encoder import PADDING_EVENT_TYPE
 N_EVENT_TYPES = len(EVENT_TYPES) + 1  # + padding (id 0)
 _EPS = 1e-12
 _NEG = -1e9  # a large negative for masked logits (-inf would give NaN on fully masked rows)
+# Served attention logits are floored this far below their row's maximum: exp(-80) is
+# 1.8e-35, a normal float32, where anything below about -87.3 is subnormal.
+_SERVING_LOGIT_RANGE = 80.0
 
 
 class ContrastiveConfig(BaseModel):
@@ -218,6 +221,21 @@ class ItemTower(nn.Module):
 # ---------------------------------------------------------------------------- user tower
 
 
+def _serving_attention(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Softmax over the allowed keys (last axis), with every logit floored at 80 below the
+    row's largest allowed one, so exp never returns a subnormal float.
+
+    With masked logits at -1e9, onnxruntime's softmax clamps them to about -104 and returns
+    exp(-104), a subnormal, for each; x86 cores handle subnormals in microcode. On an Intel
+    Xeon that made the softmax of 64 full-length histories 8x slower (0.75 against 0.09 ms,
+    one thread) and the whole user tower 17% slower. A floored key weighs at most 1.8e-35
+    of the top one instead of 0: the same vector to float rounding. Training keeps -1e9.
+    """
+    masked = scores.masked_fill(~allowed, _NEG)
+    top = masked.amax(dim=-1, keepdim=True)
+    return torch.softmax(torch.maximum(masked, top - _SERVING_LOGIT_RANGE), dim=-1)
+
+
 class _Block(nn.Module):
     """Pre-LN transformer block with explicit masked attention (exports cleanly to ONNX)."""
 
@@ -299,7 +317,7 @@ class _Block(nn.Module):
             for part in range(3)
         )
         scores = self._heads(q) @ self._heads(k).transpose(-1, -2) / math.sqrt(self.head_dim)
-        attention = torch.softmax(scores.masked_fill(~allowed.unsqueeze(1), _NEG), dim=-1)
+        attention = _serving_attention(scores, allowed.unsqueeze(1))
         mixed = (attention @ self._heads(v)).transpose(1, 2).reshape(batch * length, dim)
         flat = x.reshape(batch * length, dim) + self.out(mixed)
         result: torch.Tensor = flat + self.ffn(self.norm2(flat))
@@ -327,7 +345,7 @@ class _Block(nn.Module):
             normed.reshape(batch * length, dim), (w_k.t() @ w_q) * scale, (b_q @ w_k) * scale
         )
         scores = probe.reshape(batch, length, dim) @ normed.transpose(1, 2)  # [B, L, L]
-        attention = torch.softmax(scores.masked_fill(~allowed, _NEG), dim=-1)
+        attention = _serving_attention(scores, allowed)
         pooled = (attention @ normed).reshape(batch * length, dim)
         w_out, b_out = self.out.weight, self.out.bias
         flat = x.reshape(batch * length, dim) + F.linear(pooled, w_out @ w_v, w_out @ b_v + b_out)
@@ -355,7 +373,7 @@ class _Block(nn.Module):
         if self.n_heads == 1:
             probe = (q @ w_k) * scale  # [B, D]: W_k^T q per user
             scores = (normed @ probe.unsqueeze(-1)).squeeze(-1)  # [B, L]
-            attention = torch.softmax(scores.masked_fill(~keys_allowed, _NEG), dim=-1)
+            attention = _serving_attention(scores, keys_allowed)
             pooled = (attention.unsqueeze(1) @ normed).squeeze(1)  # [B, D]
             mixed = F.linear(pooled, w_v, b_v)
         else:
@@ -363,7 +381,7 @@ class _Block(nn.Module):
             per_head_q = q.reshape(batch, heads, 1, head_dim)
             probe = (per_head_q @ w_k.reshape(heads, head_dim, dim)) * scale  # [B, H, 1, D]
             scores = probe.squeeze(2) @ normed.transpose(1, 2)  # [B, H, L]
-            attention = torch.softmax(scores.masked_fill(~keys_allowed.unsqueeze(1), _NEG), dim=-1)
+            attention = _serving_attention(scores, keys_allowed.unsqueeze(1))
             pooled = (attention @ normed).unsqueeze(2)  # [B, H, 1, D]
             per_head_v = pooled @ w_v.reshape(heads, head_dim, dim).transpose(1, 2)
             mixed = per_head_v.reshape(batch, dim) + b_v  # [B, H, 1, hd] -> [B, D]
