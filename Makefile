@@ -74,6 +74,7 @@ bench: $(STAMP)
 	$(PY) bench/ranking.py
 	$(PY) bench/refresh.py
 	$(PY) bench/soak.py --runs 3
+	$(PY) bench/broker.py
 
 # The user tower in onnxruntime vs torch eager, CPU and (on a GPU host) CUDA, no broker
 # (about a minute on 2 cores): bench/results/inference.json.

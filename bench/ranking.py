@@ -46,7 +46,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recsys.hostinfo import cpu_model
+from recsys.hostinfo import cpu_model, process_cpu_seconds
 from recsys.settings import ArtifactSettings, StoreSettings
 from recsys.v1 import ranking_pb2, ranking_pb2_grpc
 from recsys.vectorstore.base import Filter, VectorRecord, VectorStore
@@ -97,12 +97,6 @@ def machine() -> dict[str, Any]:
         # The machine is shared: the load at the start says how quiet it was.
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------- queries

@@ -12,7 +12,10 @@ first model on a warm-up stream of a synthetic catalogue, then measures:
 - sustained: a steady stream at ``--sustain-rate`` (default 3,000 events/s) for
   ``--sustain-seconds``; it keeps up if the feature worker's backlog, sampled each second,
   does not grow (its least-squares slope, events/s, near zero against the offered rate)
-  and every user's vector is current soon after the stream stops (the drain);
+  and every user's vector is current soon after the stream stops (the drain); each
+  process's CPU is recorded every second. The local broker (Tansu, in memory) costs more
+  per fetch the more record batches its topics hold, so at 3,000 events/s on 2 cores a
+  run longer than about 70 s falls behind as the broker's share grows (``bench/broker.py``);
 - the inference batch-size histogram and each service's full garbage collections (from
   the services' /metrics);
 - ONNX Runtime vs torch eager for the served user encoder on the same batch (ratio).
@@ -50,7 +53,7 @@ from recsys.devstack.demo import personalised_ready, recommend
 from recsys.devstack.stack import LocalStack, StackConfig
 from recsys.devstack.supervisor import Supervisor
 from recsys.events import EVENT_TYPE_IDS, InteractionEvent
-from recsys.hostinfo import machine_summary
+from recsys.hostinfo import machine_summary, process_cpu_seconds
 from recsys.kafka import make_consumer, make_producer, produce, usable
 from recsys.model.contrastive import ContrastiveConfig, UserTower
 from recsys.model.engine_timing import EngineTimer
@@ -118,17 +121,10 @@ class VectorWatcher:
 def cpu_seconds(stack: LocalStack) -> dict[str, float]:
     """User+system CPU seconds used so far by each service process, the broker and this
     benchmark (which publishes the events and reads every vector back), from Linux /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
     pids = {child.name: child.process.pid for child in stack.supervisor.children if child.process}
     pids["broker"] = stack.broker.pid
     pids["benchmark"] = os.getpid()
-    used = {}
-    for name, pid in pids.items():
-        if pid is None:
-            continue
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        used[name] = (int(fields[11]) + int(fields[12])) / ticks
-    return used
+    return {name: process_cpu_seconds(pid) for name, pid in pids.items() if pid is not None}
 
 
 def measure_throughput(
@@ -255,10 +251,17 @@ def measure_sustained(
     cpu_before = cpu_seconds(stack)
     stream.start()
     backlog: list[float] = []  # events published but not yet applied, once a second
+    # CPU cores each process used in each second: shows which one grows if the backlog does
+    cores: dict[str, list[float]] = {name: [] for name in cpu_before}
+    previous, previous_at = cpu_before, time.monotonic()
     deadline = time.monotonic() + args.sustain_seconds
     while time.monotonic() < deadline:
         time.sleep(1.0)
         backlog.append(stream.sent - (applied() - before))
+        now, now_at = cpu_seconds(stack), time.monotonic()
+        for name, series in cores.items():
+            series.append(round((now[name] - previous[name]) / (now_at - previous_at), 2))
+        previous, previous_at = now, now_at
     stream.stop()
     stopped = time.monotonic()
     stack.wait_for(
@@ -285,6 +288,13 @@ def measure_sustained(
         "feature_backlog_slope_per_s": round(slope, 1),
         "feature_backlog_per_s": backlog,
         "drain_seconds": round(drained - stopped, 2),
+        "cpu_cores_first_third": {
+            n: round(statistics.median(c[:third]), 2) for n, c in cores.items()
+        },
+        "cpu_cores_last_third": {
+            n: round(statistics.median(c[-third:]), 2) for n, c in cores.items()
+        },
+        "cpu_cores_per_s": cores,
     }
 
 

@@ -1,0 +1,140 @@
+"""The local broker alone: does its CPU per second grow with the records it holds?
+
+``make run``, the tests and ``bench/streaming.py`` use Tansu, an in-memory
+Kafka-protocol broker (production uses Apache Kafka). This script starts a fresh Tansu,
+produces ``--rate`` messages/s of ``--size`` bytes to one topic, lets ``--consumers``
+groups read it as it arrives, and samples the broker's CPU every ``--every`` seconds.
+Three cases by default: no consumer, one consumer at the producer's linger the services
+use (5 ms), and one with ten times the linger (fewer, larger record batches). Writes
+``bench/results/broker.json``.
+
+It explains the long-run figure of ``bench/streaming.py``: there, the broker's CPU grew
+through a 120 s run at 3,000 events/s until the two cores could not keep up, while each
+service's CPU per event stayed flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from recsys.devstack.broker import LocalBroker
+from recsys.hostinfo import machine_summary, process_cpu_seconds
+
+RESULTS = Path(__file__).parent / "results" / "broker.json"
+TOPIC = "broker-bench"
+
+
+def _consume(
+    bootstrap: str, group: str, counts: list[int], slot: int, stop: threading.Event
+) -> None:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "fetch.wait.max.ms": 50,  # what the local stack's services use
+        }
+    )
+    consumer.subscribe([TOPIC])
+    try:
+        while not stop.is_set():
+            counts[slot] += sum(1 for m in consumer.consume(500, 0.2) if not m.error())
+    finally:
+        consumer.close()
+
+
+def run_case(
+    rate: int, size: int, seconds: float, every: float, consumers: int, linger_ms: int
+) -> dict[str, Any]:
+    """One fresh broker: broker CPU cores per sample while the topic fills."""
+    with LocalBroker() as broker:
+        assert broker.pid is not None
+        bootstrap = broker.bootstrap_servers
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for future in admin.create_topics([NewTopic(TOPIC, 4, 1)]).values():
+            future.result()
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms})
+        counts = [0] * consumers
+        stop = threading.Event()
+        readers = [
+            threading.Thread(target=_consume, args=(bootstrap, f"g{i}", counts, i, stop))
+            for i in range(consumers)
+        ]
+        for reader in readers:
+            reader.start()
+        payload = b"x" * size
+        samples: list[dict[str, float]] = []
+        started = last = time.monotonic()
+        last_cpu = process_cpu_seconds(broker.pid)
+        sent = 0
+        while time.monotonic() - started < seconds:
+            due = int((time.monotonic() - started) * rate)
+            while sent < due:
+                producer.produce(TOPIC, payload, key=str(sent % 1000).encode())
+                sent += 1
+            producer.poll(0)
+            time.sleep(0.002)
+            if time.monotonic() - last >= every:
+                now, cpu = time.monotonic(), process_cpu_seconds(broker.pid)
+                samples.append(
+                    {
+                        "second": round(now - started),
+                        "messages_held": sent,
+                        "broker_cores": round((cpu - last_cpu) / (now - last), 2),
+                    }
+                )
+                last, last_cpu = now, cpu
+        producer.flush(30)
+        stop.set()
+        for reader in readers:
+            reader.join()
+    cores = [s["broker_cores"] for s in samples]
+    return {
+        "rate": rate,
+        "message_bytes": size,
+        "consumers": consumers,
+        "linger_ms": linger_ms,
+        "broker_cores_first": cores[0],
+        "broker_cores_last": cores[-1],
+        "broker_cores_median": statistics.median(cores),
+        "samples": samples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=int, default=1500, help="messages/s")
+    parser.add_argument("--size", type=int, default=700, help="bytes per message")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    cases = [(0, 5), (1, 5), (1, 50)]  # (consumers, producer linger ms)
+    results = []
+    for consumers, linger in cases:
+        case = run_case(args.rate, args.size, args.seconds, args.every, consumers, linger)
+        print(
+            f"{consumers} consumer(s), linger {linger} ms: broker "
+            f"{case['broker_cores_first']} cores after {args.every:.0f} s, "
+            f"{case['broker_cores_last']} after {args.seconds:.0f} s"
+        )
+        results.append(case)
+    result = {"machine": machine_summary(), "broker": "Tansu 0.6.0 (memory)", "cases": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
