@@ -228,7 +228,7 @@ def _serving_attention(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Ten
     With masked logits at -1e9, onnxruntime's softmax clamps them to about -104 and returns
     exp(-104), a subnormal, for each; x86 cores handle subnormals in microcode. On an Intel
     Xeon that made the softmax of 64 full-length histories 8x slower (0.75 against 0.09 ms,
-    one thread), and the user tower's ONNX time 1.02x torch eager's instead of 1.24x. A
+    one thread), so ONNX ran the user tower 1.02x as fast as torch eager, not 1.24x. A
     floored key weighs at most 1.8e-35 of the top one instead of 0: the same vector to
     float rounding. Training keeps -1e9.
     """
