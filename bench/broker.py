@@ -23,33 +23,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from recsys.devstack.broker import LocalBroker
 from recsys.hostinfo import machine_summary, process_cpu_seconds
+from recsys.kafka import make_consumer, make_producer, usable
+from recsys.settings import KafkaSettings
 
 RESULTS = Path(__file__).parent / "results" / "broker.json"
 TOPIC = "broker-bench"
 
 
 def _consume(
-    bootstrap: str, group: str, counts: list[int], slot: int, stop: threading.Event
+    kafka: KafkaSettings, group: str, counts: list[int], slot: int, stop: threading.Event
 ) -> None:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1000,
-            "fetch.wait.max.ms": 50,  # what the local stack's services use
-        }
-    )
+    consumer = make_consumer(kafka, group)
     consumer.subscribe([TOPIC])
     try:
         while not stop.is_set():
-            counts[slot] += sum(1 for m in consumer.consume(500, 0.2) if not m.error())
+            counts[slot] += len(usable(consumer.consume(500, 0.2)))
     finally:
         consumer.close()
 
@@ -60,15 +52,21 @@ def run_case(
     """One fresh broker: broker CPU cores per sample while the topic fills."""
     with LocalBroker() as broker:
         assert broker.pid is not None
-        bootstrap = broker.bootstrap_servers
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        # the clients and the fetch wait the local stack's services use
+        kafka = KafkaSettings(
+            bootstrap_servers=broker.bootstrap_servers,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            fetch_max_wait_ms=50,
+        )
+        admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
         for future in admin.create_topics([NewTopic(TOPIC, 4, 1)]).values():
             future.result()
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms})
+        producer = make_producer(kafka, **{"linger.ms": linger_ms})
         counts = [0] * consumers
         stop = threading.Event()
         readers = [
-            threading.Thread(target=_consume, args=(bootstrap, f"g{i}", counts, i, stop))
+            threading.Thread(target=_consume, args=(kafka, f"g{i}", counts, i, stop))
             for i in range(consumers)
         ]
         for reader in readers:
