@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from qdrant_client import QdrantClient
 
 from recsys.settings import StoreSettings
@@ -565,6 +566,88 @@ def test_edge_exclusions_on_hnsw_segments_with_and_without_a_filter(tmp_path: Pa
                 assert len({h.id for h in hits} & set(expected)) >= 8, n
     finally:
         store.close()
+
+
+def retries(backend: str, mode: str) -> float:
+    labels = {"backend": backend, "mode": mode}
+    return REGISTRY.get_sample_value("recsys_vector_search_retries_total", labels) or 0.0
+
+
+def test_edge_hnsw_search_short_on_a_filter_is_searched_again(tmp_path: Path) -> None:
+    """qdrant/qdrant#3094: a filter on a field indexed after the graph was built keeps 2 %
+    of the points, which the graph does not link, so HNSW returns fewer than 10 of the 30
+    that match (every query of every build measured); the store searches again."""
+    records = [
+        VectorRecord(r.id, r.vector, {**r.payload, "tag": "rare" if i % 50 == 0 else "common"})
+        for i, r in enumerate(make_records(1500, seed=9))
+    ]
+    store = EdgeVectorStore(tmp_path, hnsw_ef=64, indexing_threshold_kb=1, full_scan_threshold_kb=1)
+    try:
+        store.create_collection("c", DIM, keyword_fields=["genres"])
+        store.upsert("c", records)
+        store.optimize("c")
+        assert store.indexed_vectors("c") == len(records)
+        store.create_collection("c", DIM, keyword_fields=["tag"])  # indexed after the build
+        rare = Filter(any_of={"tag": ["rare"]})
+        before = retries("edge", "acorn")
+        for query in unit(np.random.default_rng(5).normal(size=(20, DIM))):
+            hits = store.search("c", query, 10, rare)
+            assert_hits_match(hits, exact_top(records, query, 10, rare_only))
+        assert retries("edge", "acorn") > before  # HNSW did come back short
+    finally:
+        store.close()
+
+
+def rare_only(record: VectorRecord) -> bool:
+    return bool(record.payload["tag"] == "rare")
+
+
+def test_edge_result_short_because_few_points_match_is_exact(tmp_path: Path) -> None:
+    """Three points match: HNSW, ACORN and the exact retry all find just those three."""
+    records = make_records(1500, seed=9)
+    store = EdgeVectorStore(tmp_path, indexing_threshold_kb=1, full_scan_threshold_kb=1)
+    try:
+        store.create_collection("c", DIM, keyword_fields=["genres"])
+        store.upsert("c", records)
+        store.optimize("c")
+        few = Filter(any_of={"genres": ["Comedy"]}, ranges={"year": Range(gte=2019)})
+        matching = [r.id for r in records if few.matches(r.payload)]
+        excluded = set(matching[3:])  # exclusions in the filter leave three
+        acorn, exact = retries("edge", "acorn"), retries("edge", "exact")
+        hits = store.search("c", records[0].vector, 10, few, exclude_ids=excluded)
+        assert sorted(h.id for h in hits) == sorted(matching[:3])
+        assert (retries("edge", "acorn"), retries("edge", "exact")) == (acorn + 1, exact + 1)
+        # Not indexed yet: the first search was already exact, so nothing is retried.
+        store.create_collection("small", DIM, keyword_fields=["genres"])
+        store.upsert("small", records[:100])
+        store.search("small", records[0].vector, 10, few)
+        assert retries("edge", "acorn") == acorn + 1
+    finally:
+        store.close()
+
+
+def test_server_short_filtered_result_is_searched_again() -> None:
+    store = QdrantServerStore(QdrantClient(":memory:"), hnsw_ef=64)
+    try:
+        records = make_records(40)
+        store.create_collection("c", DIM, keyword_fields=["genres"])
+        store.upsert("c", records)
+        comedy = Filter(any_of={"genres": ["Comedy"]})
+        acorn, exact = retries("server", "acorn"), retries("server", "exact")
+        hits = store.search("c", records[0].vector, 10, comedy)  # 10 of 19 match: full
+        assert len(hits) == 10
+        assert (retries("server", "acorn"), retries("server", "exact")) == (acorn, exact)
+        hits = store.search("c", records[0].vector, 30, comedy)  # 19 match: short
+        assert_hits_match(hits, exact_top(records, records[0].vector, 30, comedy_only))
+        assert (retries("server", "acorn"), retries("server", "exact")) == (acorn + 1, exact + 1)
+        store.search("c", records[0].vector, 50)  # no filter: nothing to search again
+        assert retries("server", "acorn") == acorn + 1
+    finally:
+        store.close()
+
+
+def comedy_only(record: VectorRecord) -> bool:
+    return "Comedy" in record.payload["genres"]
 
 
 def test_edge_store_indexes_ids_of_collections_written_without_that_index(

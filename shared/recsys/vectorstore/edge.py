@@ -24,6 +24,9 @@ the boolean filter, the normalisation and concurrent reads during writes):
   over-fetching 100 hits to drop them, costs more than the search. Every collection
   therefore carries a keyword index on the string id (``_id``), and exclusions are a
   keyword match the engine checks in Rust (beside a payload filter, see ``search``).
+- A filtered HNSW search can return fewer hits than asked for although more points
+  match (qdrant/qdrant#3094); a short filtered result on HNSW segments is searched again
+  with ACORN, then exactly (``recsys.vectorstore.short_results``).
 - Segments below the indexing threshold (10 MB by default) are never HNSW-indexed, and
   segments below ``full_scan_threshold`` are searched exactly; both are Qdrant defaults
   that keep small collections exact, and can be lowered here.
@@ -54,6 +57,7 @@ from recsys.vectorstore.base import (
     SearchHit,
     VectorRecord,
 )
+from recsys.vectorstore.short_results import RETRY_MODES, SHORT_RESULT_RETRIES, RetryMode
 
 log = logging.getLogger(__name__)
 
@@ -362,15 +366,32 @@ class EdgeVectorStore:
             and self._read(collection, lambda: shard.engine.info().indexed_vectors_count) > 0
         )
         wanted = limit + len(exclude_ids) if post_filter else limit
-        request = qe.QueryRequest(
-            limit=wanted,
-            query=qe.Query.Nearest(_as_list(vector, shard.dim)),
-            filter=_edge_filter(query_filter, () if post_filter else exclude_ids),
-            with_payload=True,
-            with_vector=False,
-            params=qe.SearchParams(hnsw_ef=max(self._hnsw_ef, wanted)),
-        )
-        hits = self._read(collection, lambda: shard.engine.query(request))
+        query = qe.Query.Nearest(_as_list(vector, shard.dim))
+        edge_filter = _edge_filter(query_filter, () if post_filter else exclude_ids)
+        hnsw_ef = max(self._hnsw_ef, wanted)
+
+        def run(params: qe.SearchParams) -> list[Any]:
+            request = qe.QueryRequest(
+                limit=wanted,
+                query=query,
+                filter=edge_filter,
+                with_payload=True,
+                with_vector=False,
+                params=params,
+            )
+            return self._read(collection, lambda: shard.engine.query(request))
+
+        hits = run(qe.SearchParams(hnsw_ef=hnsw_ef))
+        if (
+            len(hits) < wanted
+            and edge_filter is not None
+            and self._read(collection, lambda: shard.engine.info().indexed_vectors_count) > 0
+        ):
+            for mode in RETRY_MODES:  # see recsys.vectorstore.short_results
+                SHORT_RESULT_RETRIES.labels("edge", mode).inc()
+                hits = run(_retry_params(mode, hnsw_ef))
+                if len(hits) >= wanted:
+                    break
         excluded: Collection[str] = ()
         if post_filter:
             excluded = exclude_ids if isinstance(exclude_ids, set | frozenset) else set(exclude_ids)
@@ -441,6 +462,15 @@ def _close_engine(engine: qe.EdgeShard, flush: bool = True, attempts: int = 200)
             if "borrow" not in str(exc) or attempt == attempts - 1:
                 raise
             time.sleep(0.01)
+
+
+def _retry_params(mode: RetryMode, hnsw_ef: int) -> qe.SearchParams:
+    if mode == "acorn":
+        # max_selectivity 1.0: ACORN whatever share of the points the filter keeps.
+        return qe.SearchParams(
+            hnsw_ef=hnsw_ef, acorn=qe.AcornSearchParams(enable=True, max_selectivity=1.0)
+        )
+    return qe.SearchParams(exact=True)
 
 
 def _as_list(vector: np.ndarray, dim: int) -> list[float]:

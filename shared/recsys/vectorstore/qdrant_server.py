@@ -29,6 +29,7 @@ from recsys.vectorstore.edge import (
     ordered_records,
     point_id,
 )
+from recsys.vectorstore.short_results import RETRY_MODES, SHORT_RESULT_RETRIES, RetryMode
 
 
 class QdrantServerStore:
@@ -178,21 +179,33 @@ class QdrantServerStore:
     ) -> list[SearchHit]:
         if limit <= 0:
             return []
-        params = None
-        if self._hnsw_ef is not None:
-            params = models.SearchParams(hnsw_ef=max(self._hnsw_ef, limit))
-        with self._lock.read(), _not_found(collection):
-            response = self._client.query_points(
-                collection,
-                query=_as_list(vector),
-                limit=limit,
-                query_filter=_server_filter(query_filter, exclude_ids),
-                search_params=params,
-                with_payload=True,
-                with_vectors=False,
-            )
+        hnsw_ef = None if self._hnsw_ef is None else max(self._hnsw_ef, limit)
+        query = _as_list(vector)
+        server_filter = _server_filter(query_filter, exclude_ids)
+
+        def run(params: models.SearchParams | None) -> list[models.ScoredPoint]:
+            with self._lock.read(), _not_found(collection):
+                return self._client.query_points(
+                    collection,
+                    query=query,
+                    limit=limit,
+                    query_filter=server_filter,
+                    search_params=params,
+                    with_payload=True,
+                    with_vectors=False,
+                ).points
+
+        points = run(None if hnsw_ef is None else models.SearchParams(hnsw_ef=hnsw_ef))
+        if len(points) < limit and server_filter is not None:
+            # Unlike the embedded store, no cheap look at whether HNSW answered: a result
+            # short because few points match costs two more round trips.
+            for mode in RETRY_MODES:  # see recsys.vectorstore.short_results
+                SHORT_RESULT_RETRIES.labels("server", mode).inc()
+                points = run(_retry_params(mode, hnsw_ef))
+                if len(points) >= limit:
+                    break
         hits = []
-        for point in response.points:
+        for point in points:
             payload = dict(point.payload or {})
             hits.append(SearchHit(str(payload.pop(ID_KEY)), float(point.score), payload))
         return hits
@@ -277,6 +290,15 @@ def _as_list(vector: np.ndarray) -> list[float]:
         raise ValueError(f"expected a 1-d vector, got shape {arr.shape}")
     values: list[float] = arr.tolist()
     return values
+
+
+def _retry_params(mode: RetryMode, hnsw_ef: int | None) -> models.SearchParams:
+    if mode == "acorn":
+        # max_selectivity 1.0: ACORN whatever share of the points the filter keeps.
+        return models.SearchParams(
+            hnsw_ef=hnsw_ef, acorn=models.AcornSearchParams(enable=True, max_selectivity=1.0)
+        )
+    return models.SearchParams(exact=True)
 
 
 def _server_filter(flt: Filter | None, exclude_ids: Collection[str]) -> models.Filter | None:
