@@ -35,14 +35,14 @@ class FeatureSettings(BaseSettings):
         " for this long (faust can drop a message on its way to the agent)",
     )
     data_dir: Path = Field(Path(".data/feature"), description="faust worker data folder")
-    producer_linger_ms: int = Field(
-        5, ge=0, description="linger of faust's producer (dead letters, re-keyed events)"
-    )
     producer_max_batch_size: int = Field(
         16_384,
         ge=1,
-        description="bytes per record batch of the worker's producers; 1 makes Tansu's"
-        " changelog recovery exact",
+        description="bytes per record batch of the table changelogs, dead letters and"
+        " re-keyed events; 1 makes Tansu's changelog recovery exact",
+    )
+    sequences_max_batch_size: int = Field(
+        262_144, ge=1, description="bytes per record batch of user-sequences"
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -57,7 +57,7 @@ def _base_config(settings: KafkaSettings) -> dict[str, Any]:
 
 def make_producer(settings: KafkaSettings, **overrides: Any) -> Producer:
     config = _base_config(settings) | {
-        "linger.ms": 5,
+        "linger.ms": settings.producer_linger_ms,
         "acks": "all",
         "compression.type": "none",
         # Java-compatible murmur2, the partitioner of Kafka's own clients and of faust:

@@ -37,6 +37,12 @@ class KafkaSettings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         500, ge=1, description="how long the broker may hold a fetch with no data"
     )
+    producer_linger_ms: int = Field(
+        5,
+        ge=0,
+        description="how long every producer waits to fill a record batch: longer means"
+        " fewer, larger batches and a longer hop",
+    )
     connect_timeout_s: float = Field(
         30.0, gt=0, description="how long a starting service waits for the broker"
     )
