@@ -300,9 +300,12 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 changed = True
         # The sequences and both tables' changelogs are delivered before faust
         # acknowledges the batch's offsets: at least once, with no state lost to a kill.
+        # Sequences first: a kill between the two flushes then leaves state that lacks
+        # the batch, so its replay publishes the sequences again; the other way round the
+        # replay finds every event already applied and the sequences were never sent.
         if changed:
-            undelivered = await asyncio.to_thread(output.flush, 30)
-            undelivered += await asyncio.to_thread(sequences_out.flush, 30)
+            undelivered = await asyncio.to_thread(sequences_out.flush, 30)
+            undelivered += await asyncio.to_thread(output.flush, 30)
             if undelivered > 0:
                 raise RuntimeError("user-sequences and changelog not delivered within 30 s")
 
