@@ -252,7 +252,7 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 by_user[user][0].append((interaction, message.offset))
             else:
                 by_user[user] = ([(interaction, message.offset)], message.partition)
-        changed = False
+        states: list[tuple[str, bytes, int]] = []  # (user, new state, partition)
         counts: dict[tuple[int, str], PartialCount] = {}
         for user, (user_events, partition) in by_user.items():
             state: UserState | None = decode_state(recent.get(user))
@@ -284,7 +284,7 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
             if state is not None and last is not None:
                 state["offset"] = user_events[-1][1]
                 state["new_offsets"] = new_offsets
-                recent.put(user, encode_state(state), partition=partition)
+                states.append((user, encode_state(state), partition))
                 produce(
                     sequences_out,
                     topics.user_sequences,
@@ -292,22 +292,24 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                     encode_user_sequence(user, state, last),
                     on_delivery=raise_on_failure,
                 )
-                changed = True
+        # The sequences and both tables' changelogs are delivered before faust
+        # acknowledges the batch's offsets: at least once, with no state lost to a kill.
+        # The state is written only once the sequences are delivered: a kill before that
+        # leaves state that lacks the batch, so its replay publishes the sequences again.
+        # Written first (the changelog producer sends on its own after its linger), a
+        # replay found every event applied and the sequences were never sent.
+        if states and await asyncio.to_thread(sequences_out.flush, 30) > 0:
+            raise RuntimeError("user-sequences not delivered within 30 s")
+        for user, encoded, partition in states:
+            recent.put(user, encoded, partition=partition)
+        changed = bool(states)
         for (partition, item_id), counted in counts.items():
             if counted.added:
                 key = popularity_key(partition, item_id).encode()
                 popularity.put(key, counted.to_record(item_id, partition), partition=partition)
                 changed = True
-        # The sequences and both tables' changelogs are delivered before faust
-        # acknowledges the batch's offsets: at least once, with no state lost to a kill.
-        # Sequences first: a kill between the two flushes then leaves state that lacks
-        # the batch, so its replay publishes the sequences again; the other way round the
-        # replay finds every event already applied and the sequences were never sent.
-        if changed:
-            undelivered = await asyncio.to_thread(sequences_out.flush, 30)
-            undelivered += await asyncio.to_thread(output.flush, 30)
-            if undelivered > 0:
-                raise RuntimeError("user-sequences and changelog not delivered within 30 s")
+        if changed and await asyncio.to_thread(output.flush, 30) > 0:
+            raise RuntimeError("table changelogs not delivered within 30 s")
 
     @app.agent(interactions)
     async def process_interactions(stream: Any) -> None:
