@@ -14,8 +14,9 @@ first model on a warm-up stream of a synthetic catalogue, then measures:
   does not grow (its least-squares slope, events/s, near zero against the offered rate)
   and every user's vector is current soon after the stream stops (the drain); each
   process's CPU is recorded every second. The local broker (Tansu, in memory) costs more
-  per fetch the more record batches its topics hold, so at 3,000 events/s on 2 cores a
-  run longer than about 70 s falls behind as the broker's share grows (``bench/broker.py``);
+  per fetch the more record batches its topics hold, so at 3,000 events/s on 2 cores the
+  backlog of a 120 s run starts to grow after about 40 s as the broker's share grows
+  (``bench/broker.py``);
 - the inference batch-size histogram and each service's full garbage collections (from
   the services' /metrics);
 - ONNX Runtime vs torch eager for the served user encoder on the same batch (ratio).
