@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
+from confluent_kafka import Producer
 from faust.types import TP
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -91,6 +92,12 @@ def _faust_broker(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(","))
 
 
+def _flush_all(producers: Sequence[Producer], timeout_s: float) -> int:
+    """Flush every producer within one deadline; the messages still undelivered."""
+    deadline = time.monotonic() + timeout_s
+    return sum(p.flush(max(0.0, deadline - time.monotonic())) for p in producers)
+
+
 def create_app(settings: FeatureSettings) -> FeatureApp:
     kafka = settings.kafka
     topics = Topics.from_settings(kafka)
@@ -133,12 +140,14 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
     # Sequences and the table's changelog go through librdkafka (batched in C); faust's
     # own producer is left with dead letters and re-keyed events.
     output = make_producer(kafka, **{"batch.size": settings.producer_max_batch_size})
-    # user-sequences has a producer of its own with larger record batches: the inference
-    # service fetches them, and Tansu's fetches cost more for every batch a topic holds
-    # (16 KB batches: a backlog of 54,000 after 120 s at 3,000 events/s; 256 KB: 362).
-    # The changelogs keep producer_max_batch_size, which bounds what Tansu's under-reported
-    # end offset can drop from a table's recovery.
+    # The two topics other services read, user-sequences (inference) and item-popularity
+    # (ranking), have producers of their own with larger record batches: Tansu's fetches
+    # cost more for every batch a topic holds (120 s at 3,000 events/s: a backlog of
+    # 54,000 with both at 16 KB, 2,169 with user-sequences at 256 KB, 525 with both).
+    # The user-state changelog keeps producer_max_batch_size: nothing reads it but a
+    # recovery, whose loss to Tansu's under-reported end offset the small batches bound.
     sequences_out = make_producer(kafka, **{"batch.size": settings.sequences_max_batch_size})
+    popularity_out = make_producer(kafka, **{"batch.size": settings.popularity_max_batch_size})
     recent = add_durable_table(
         app,
         "user-recent",
@@ -153,7 +162,7 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
     popularity = add_durable_table(
         app,
         "item-popularity",
-        output,
+        popularity_out,
         default=None,
         key_type=bytes,  # raw keys (a str key would be written as a JSON string)
         value_type=bytes,
@@ -308,7 +317,7 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
                 key = popularity_key(partition, item_id).encode()
                 popularity.put(key, counted.to_record(item_id, partition), partition=partition)
                 changed = True
-        if changed and await asyncio.to_thread(output.flush, 30) > 0:
+        if changed and await asyncio.to_thread(_flush_all, (output, popularity_out), 30) > 0:
             raise RuntimeError("table changelogs not delivered within 30 s")
 
     @app.agent(interactions)

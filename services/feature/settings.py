@@ -38,11 +38,17 @@ class FeatureSettings(BaseSettings):
     producer_max_batch_size: int = Field(
         16_384,
         ge=1,
-        description="bytes per record batch of the table changelogs, dead letters and"
-        " re-keyed events; 1 makes Tansu's changelog recovery exact",
+        description="bytes per record batch of the user-state changelog, dead letters"
+        " and re-keyed events; 1 makes Tansu's recovery of the user state exact",
     )
     sequences_max_batch_size: int = Field(
         262_144, ge=1, description="bytes per record batch of user-sequences"
+    )
+    popularity_max_batch_size: int = Field(
+        262_144,
+        ge=1,
+        description="bytes per record batch of item-popularity (ranking's input and the"
+        " popularity table's changelog); 1 makes Tansu's recovery of the table exact",
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -157,6 +157,7 @@ def worker_env(kafka: KafkaSettings, data_dir: Path, metrics_port: int) -> dict[
         # stops early and drops the changelog's tail unless each produce request carries
         # one record (see /work/shared/INFRA-NOTES.md). Apache Kafka needs no such setting.
         "RECSYS_FEATURE_PRODUCER_MAX_BATCH_SIZE": "1",
+        "RECSYS_FEATURE_POPULARITY_MAX_BATCH_SIZE": "1",
         # Long enough to hold every event of a user, so nothing is trimmed.
         "RECSYS_FEATURE_MAX_SEQUENCE_LENGTH": "500",
         "RECSYS_OBS_HTTP_PORT": str(metrics_port),
