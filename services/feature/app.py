@@ -142,9 +142,10 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
     output = make_producer(kafka, **{"batch.size": settings.producer_max_batch_size})
     # The two topics other services read, user-sequences (inference) and item-popularity
     # (ranking), have producers of their own with larger record batches: Tansu's fetches
-    # cost more for every batch a topic holds (120 s at 3,000 events/s: a backlog of
-    # 54,000 with both at 16 KB, 2,169 with user-sequences at 256 KB, 525 with both).
-    # The user-state changelog keeps producer_max_batch_size: nothing reads it but a
+    # cost more for every batch a topic holds (README, "Tansu's in-memory log slows with
+    # its length": after 120 s at 3,000 events/s the backlog was 37,066 events with
+    # item-popularity at 16 KB, a median of 8,657 at 256 KB, the same day). The
+    # user-state changelog keeps producer_max_batch_size: nothing reads it but a
     # recovery, whose loss to Tansu's under-reported end offset the small batches bound.
     sequences_out = make_producer(kafka, **{"batch.size": settings.sequences_max_batch_size})
     popularity_out = make_producer(kafka, **{"batch.size": settings.popularity_max_batch_size})
