@@ -137,8 +137,9 @@ def create_app(settings: FeatureSettings) -> FeatureApp:
     }
     interactions = app.topic(topics.interactions, **raw)
     dead_letter = app.topic(topics.dead_letter, **raw)
-    # Sequences and the table's changelog go through librdkafka (batched in C); faust's
-    # own producer is left with dead letters and re-keyed events.
+    # Sequences and both tables' changelogs go through librdkafka (batched in C); faust's
+    # own producer is left with dead letters and re-keyed events. This one writes the
+    # user-state changelog.
     output = make_producer(kafka, **{"batch.size": settings.producer_max_batch_size})
     # The two topics other services read, user-sequences (inference) and item-popularity
     # (ranking), have producers of their own with larger record batches: Tansu's fetches
