@@ -576,7 +576,9 @@ def retries(backend: str, mode: str) -> float:
 def test_edge_hnsw_search_short_on_a_filter_is_searched_again(tmp_path: Path) -> None:
     """qdrant/qdrant#3094: a filter on a field indexed after the graph was built keeps 2 %
     of the points, which the graph does not link, so HNSW returns fewer than 10 of the 30
-    that match (every query of every build measured); the store searches again."""
+    that match (every query of every build measured); the store searches again. The ACORN
+    retry is approximate too: in 100 builds, 7 missed one of the exact top 10 in some query
+    (never two), and no build's mean fell below 9.85 of 10."""
     records = [
         VectorRecord(r.id, r.vector, {**r.payload, "tag": "rare" if i % 50 == 0 else "common"})
         for i, r in enumerate(make_records(1500, seed=9))
@@ -590,9 +592,19 @@ def test_edge_hnsw_search_short_on_a_filter_is_searched_again(tmp_path: Path) ->
         store.create_collection("c", DIM, keyword_fields=["tag"])  # indexed after the build
         rare = Filter(any_of={"tag": ["rare"]})
         before = retries("edge", "acorn")
+        found = []
         for query in unit(np.random.default_rng(5).normal(size=(20, DIM))):
             hits = store.search("c", query, 10, rare)
-            assert_hits_match(hits, exact_top(records, query, 10, rare_only))
+            assert len(hits) == 10
+            assert all(h.payload["tag"] == "rare" for h in hits)
+            exact = dict(exact_top(records, query, 30, rare_only))  # every rare point
+            scores = [h.score for h in hits]
+            np.testing.assert_allclose(scores, [exact[h.id] for h in hits], atol=1e-4)
+            assert scores == sorted(scores, reverse=True)
+            top10 = list(exact)[:10]
+            found.append(len({h.id for h in hits} & set(top10)))
+            assert found[-1] >= 8
+        assert np.mean(found) >= 9.5
         assert retries("edge", "acorn") > before  # HNSW did come back short
     finally:
         store.close()
