@@ -4,9 +4,10 @@
 Kafka-protocol broker (production uses Apache Kafka). This script starts a fresh Tansu,
 produces ``--rate`` messages/s of ``--size`` bytes to one topic, lets ``--consumers``
 groups read it as it arrives, and samples the broker's CPU every ``--every`` seconds.
-Three cases by default: no consumer, one consumer at the producer's linger the services
-use (5 ms), and one with ten times the linger (fewer, larger record batches). Writes
-``bench/results/broker.json``.
+Four cases: no consumer, one consumer at librdkafka's default producer linger (5 ms),
+one with ten times the linger (fewer, larger record batches), and one paced consumer at
+5 ms (``recsys.kafka.paced_fetch``: while records flow, a fetch at most every 500 ms, as
+the trainer and trending read). Writes ``bench/results/broker.json``.
 
 It explains the long-run figure of ``bench/streaming.py``: there, the broker's CPU grew
 through a 120 s run at 3,000 events/s until the two cores could not keep up, while each
@@ -27,7 +28,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from recsys.devstack.broker import LocalBroker
 from recsys.hostinfo import machine_summary, process_cpu_seconds
-from recsys.kafka import make_consumer, make_producer, usable
+from recsys.kafka import make_consumer, make_producer, paced_fetch, usable
 from recsys.settings import KafkaSettings
 
 RESULTS = Path(__file__).parent / "results" / "broker.json"
@@ -35,9 +36,14 @@ TOPIC = "broker-bench"
 
 
 def _consume(
-    kafka: KafkaSettings, group: str, counts: list[int], slot: int, stop: threading.Event
+    kafka: KafkaSettings,
+    group: str,
+    counts: list[int],
+    slot: int,
+    stop: threading.Event,
+    fetch_interval_ms: int,
 ) -> None:
-    consumer = make_consumer(kafka, group)
+    consumer = make_consumer(kafka, group, **paced_fetch(fetch_interval_ms))
     consumer.subscribe([TOPIC])
     try:
         while not stop.is_set():
@@ -47,7 +53,13 @@ def _consume(
 
 
 def run_case(
-    rate: int, size: int, seconds: float, every: float, consumers: int, linger_ms: int
+    rate: int,
+    size: int,
+    seconds: float,
+    every: float,
+    consumers: int,
+    linger_ms: int,
+    fetch_interval_ms: int = 0,
 ) -> dict[str, Any]:
     """One fresh broker: broker CPU cores per sample while the topic fills."""
     with LocalBroker() as broker:
@@ -66,7 +78,9 @@ def run_case(
         counts = [0] * consumers
         stop = threading.Event()
         readers = [
-            threading.Thread(target=_consume, args=(kafka, f"g{i}", counts, i, stop))
+            threading.Thread(
+                target=_consume, args=(kafka, f"g{i}", counts, i, stop, fetch_interval_ms)
+            )
             for i in range(consumers)
         ]
         for reader in readers:
@@ -103,6 +117,7 @@ def run_case(
         "message_bytes": size,
         "consumers": consumers,
         "linger_ms": linger_ms,
+        "fetch_interval_ms": fetch_interval_ms,
         "broker_cores_first": cores[0],
         "broker_cores_last": cores[-1],
         "broker_cores_median": statistics.median(cores),
@@ -118,12 +133,13 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    cases = [(0, 5), (1, 5), (1, 50)]  # (consumers, producer linger ms)
+    cases = [(0, 5, 0), (1, 5, 0), (1, 50, 0), (1, 5, 500)]  # consumers, linger, pace (ms)
     results = []
-    for consumers, linger in cases:
-        case = run_case(args.rate, args.size, args.seconds, args.every, consumers, linger)
+    for consumers, linger, interval in cases:
+        case = run_case(args.rate, args.size, args.seconds, args.every, consumers, linger, interval)
+        paced = f", paced at {interval} ms" if interval else ""
         print(
-            f"{consumers} consumer(s), linger {linger} ms: broker "
+            f"{consumers} consumer(s), linger {linger} ms{paced}: broker "
             f"{case['broker_cores_first']} cores after {args.every:.0f} s, "
             f"{case['broker_cores_last']} after {args.seconds:.0f} s"
         )

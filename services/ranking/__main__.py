@@ -39,7 +39,9 @@ async def run(settings: RankingSettings, store: VectorStore) -> None:
     http: HealthServer | None = None
     trending: TrendingConsumer | None = None
     if settings.trending:
-        trending = TrendingConsumer(settings.kafka, DecayedPopularity()).start()
+        trending = TrendingConsumer(
+            settings.kafka, DecayedPopularity(), settings.trending_fetch_interval_ms
+        ).start()
     try:
         running = await serve(settings, store, trending=trending)
         try:

@@ -78,6 +78,12 @@ class RankingSettings(BaseSettings):
         True,
         description="read the feature service's item-popularity topic for trending Popular",
     )
+    trending_fetch_interval_ms: int = Field(
+        500,
+        ge=0,
+        description="while popularity records flow, fetch them at most this often (0 = as"
+        " each record batch lands): trending needs no sub-second hop",
+    )
     auth_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description=(

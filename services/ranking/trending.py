@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from prometheus_client import Counter
 
 from recsys.events import POPULARITY_WINDOWS, InvalidEvent, ItemPopularity, parse_event
-from recsys.kafka import make_consumer
+from recsys.kafka import make_consumer, paced_fetch
 from recsys.popularity import parse_popularity_key
 from recsys.settings import KafkaSettings
 from recsys.topics import Topics
@@ -120,8 +120,11 @@ class TrendingConsumer:
     that do not validate are counted and skipped: one bad record must not stop trending.
     """
 
-    def __init__(self, kafka: KafkaSettings, popularity: DecayedPopularity) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, popularity: DecayedPopularity, fetch_interval_ms: int = 0
+    ) -> None:
         self._kafka = kafka
+        self._fetch = paced_fetch(fetch_interval_ms)
         self.popularity = popularity
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trending", daemon=True)
@@ -162,7 +165,8 @@ class TrendingConsumer:
             consumer.close()
 
     def _open(self, topic: str) -> Consumer:
-        consumer = make_consumer(self._kafka, f"recsys-ranking-trending-{uuid.uuid4().hex[:8]}")
+        group = f"recsys-ranking-trending-{uuid.uuid4().hex[:8]}"
+        consumer = make_consumer(self._kafka, group, **self._fetch)
         metadata = consumer.list_topics(topic, timeout=10)
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
             consumer.close()

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from confluent_kafka import KafkaException
 
 from recsys.artifacts import ArtifactStore
-from recsys.kafka import make_consumer, make_producer, usable, wait_for_broker
+from recsys.kafka import make_consumer, make_producer, paced_fetch, usable, wait_for_broker
 from recsys.lifecycle import freeze_startup_heap, stop_on_signals
 from recsys.logs import setup_logging
 from recsys.model.text_encoder import EmbeddingCache
@@ -45,7 +45,9 @@ def main() -> None:
         settings.interval_seconds,
     )
     producer = make_producer(settings.kafka)
-    consumer = make_consumer(settings.kafka, settings.group_id)
+    consumer = make_consumer(
+        settings.kafka, settings.group_id, **paced_fetch(settings.fetch_interval_ms)
+    )
     consumer.subscribe([topics.interactions, topics.items, topics.trainer_commands])
     job = functools.partial(
         train_and_gate,

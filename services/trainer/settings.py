@@ -38,6 +38,12 @@ class TrainerSettings(BaseSettings):
     warm_start: bool = Field(
         True, description="start from the serving version's weights when they fit"
     )
+    fetch_interval_ms: int = Field(
+        500,
+        ge=0,
+        description="while events flow, fetch them at most this often (0 = as each record"
+        " batch lands): the trainer reads in bulk and needs no sub-second hop",
+    )
     text_cache_dir: Path | None = Field(
         None, description="item-text embedding cache; default <artifacts root>/text-cache"
     )
