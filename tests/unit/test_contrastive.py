@@ -218,6 +218,48 @@ def test_next_item_loss_lower_when_target_scores_highest() -> None:
     assert good < bad
 
 
+@pytest.mark.parametrize("max_full", [100, 4])
+def test_label_smoothing_spreads_weight_over_unmasked_candidates_only(max_full: int) -> None:
+    config = SMALL.model_copy(
+        update={"full_softmax_max_items": max_full, "uniform_negatives": 64, "label_smoothing": 0.0}
+    )
+    smoothed = config.model_copy(update={"label_smoothing": 0.2})
+    items = torch.nn.functional.normalize(torch.randn(20, 16), dim=-1)
+    unseen = torch.zeros(20, dtype=torch.bool)
+    unseen[15:] = True
+    users = torch.randn(6, 16)
+    targets = torch.tensor([0, 1, 2, 3, 4, 5])
+    torch.manual_seed(0)
+    plain = next_item_loss(config, users, targets, items, unseen=unseen)
+    torch.manual_seed(0)
+    spread = next_item_loss(smoothed, users, targets, items, unseen=unseen)
+    # masked logits sit at -1e9: counted as candidates, they would add about 2e7 to the loss
+    assert torch.isfinite(spread) and spread < plain + 20
+    assert spread != plain
+    if max_full == 100:  # full softmax: the smoothed term is the mean over the 15 items
+        log_p = torch.log_softmax(
+            torch.nn.functional.normalize(users, dim=-1) @ items[:15].T / config.temperature, -1
+        )
+        expected = -(0.8 * log_p[torch.arange(6), targets] + 0.2 * log_p.mean(dim=1)).mean()
+        assert torch.allclose(spread, expected, atol=1e-5)
+
+
+def test_label_smoothing_penalises_overconfidence() -> None:
+    """A user vector on top of its target: the plain loss keeps pushing it closer to 0, the
+    smoothed one is already above a less peaked softmax's loss."""
+    items = torch.nn.functional.normalize(torch.randn(20, 16), dim=-1)
+    targets = torch.tensor([3, 7])
+    sharp = SMALL.model_copy(update={"temperature": 0.01, "label_smoothing": 0.0})
+    smoothed = sharp.model_copy(update={"label_smoothing": 0.1})
+    soft = smoothed.model_copy(update={"temperature": 0.2})
+    assert next_item_loss(sharp, items[targets], targets, items) < next_item_loss(
+        soft.model_copy(update={"label_smoothing": 0.0}), items[targets], targets, items
+    )
+    assert next_item_loss(smoothed, items[targets], targets, items) > next_item_loss(
+        soft, items[targets], targets, items
+    )
+
+
 def test_augmentations_keep_items_and_types_together() -> None:
     rng = np.random.default_rng(0)
     items = np.arange(10)
