@@ -39,7 +39,15 @@ import numpy as np
 import torch
 
 from recsys.data import movielens
-from recsys.evaluation import ScoreFn, Split, evaluate
+from recsys.evaluation import (
+    ScoreFn,
+    Split,
+    bootstrap_ci,
+    evaluate_ranks,
+    ndcg_at,
+    paired_gain,
+    recall_at,
+)
 from recsys.model.cold_start import cold_start_split
 from recsys.model.contrastive import ContrastiveConfig, id_only
 from recsys.model.onnx_runtime import OnnxUserEncoder, export_user_encoder
@@ -94,9 +102,23 @@ def _text_vectors(items: list[Any]) -> np.ndarray:
     return cache.encode(TextEncoder(), [item.text() for item in items])
 
 
-def _scores(score_fn: ScoreFn, split: Split) -> dict[str, dict[str, float]]:
-    results = evaluate(score_fn, split, "test", ks=(10, 20))
-    return {mode: {m: metrics[m] for m in (*METRICS, "users")} for mode, metrics in results.items()}
+def _scores(score_fn: ScoreFn, split: Split) -> dict[str, Any]:
+    """Test metrics per mode, 95% bootstrap intervals of the headline ones, and the
+    per-user values behind them (``per_user``: for paired comparisons, not written out)."""
+    results = evaluate_ranks(score_fn, split, "test", ks=(10, 20))
+    per_user = {
+        f"{mode}_{name}": metric(results.ranks[mode], k)
+        for mode in ("masked", "unmasked")
+        for name, metric, k in (("ndcg@10", ndcg_at, 10), ("recall@20", recall_at, 20))
+    }
+    return {
+        **{
+            mode: {m: metrics[m] for m in (*METRICS, "users")}
+            for mode, metrics in results.metrics.items()
+        },
+        "ci95": {name: list(bootstrap_ci(values)) for name, values in per_user.items()},
+        "per_user": per_user,
+    }
 
 
 def _model_row(name: str, result: TrainResult, data: InteractionData) -> dict[str, Any]:
@@ -113,12 +135,26 @@ def _model_row(name: str, result: TrainResult, data: InteractionData) -> dict[st
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'model':34s} " + " ".join(f"{m:>11s}" for m in METRICS)
+    header = f"{'model':34s} " + " ".join(f"{m:>11s}" for m in METRICS) + "  ndcg@10 95% CI"
     for mode in ("masked", "unmasked"):
         print(f"\n{mode} (test, full ranking)\n{header}")
         for row in rows:
             values = " ".join(f"{row[mode][m]:11.4f}" for m in METRICS)
-            print(f"{row['model']:34s} {values}")
+            low, high = row["ci95"][f"{mode}_ndcg@10"]
+            print(f"{row['model']:34s} {values}  {low:.4f}-{high:.4f}")
+
+
+def _paired(model: dict[str, Any], baseline: dict[str, Any], metric: str) -> dict[str, Any]:
+    """``model`` against ``baseline`` on the same test users (paired bootstrap)."""
+    return paired_gain(model["per_user"][metric], baseline["per_user"][metric]).as_dict()
+
+
+def _shown(paired: dict[str, Any]) -> str:
+    low, high = paired["ci95"]
+    return (
+        f"{paired['gain']:+.1%} (95% CI {low:+.1%} to {high:+.1%}; ahead in "
+        f"{paired['share_of_resamples_ahead']:.0%} of resamples)"
+    )
 
 
 def _onnx_parity(result: TrainResult, data: InteractionData) -> dict[str, float]:
@@ -165,6 +201,11 @@ def _plot(curves: dict[str, list[float]]) -> str:
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT, dpi=120, bbox_inches="tight")
     return f"plotted to {PLOT.relative_to(ROOT)}"
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as written to the JSON: without curves, parity and per-user values."""
+    return {k: v for k, v in row.items() if k not in ("curve", "parity", "per_user")}
 
 
 @dataclass(frozen=True)
@@ -254,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": "MovieLens-100K (leave-one-out by time, full ranking over all items)",
         "protocol": "test stage; masked excludes the user's earlier items",
         "complete": False,
-        "rows": [popular_row],
+        "rows": [_public(popular_row)],
         "cold_start": [],
         "text_encoding_seconds": round(text_seconds, 1),
         "machine": {
@@ -272,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         for job in main_jobs:
             row = done.get((job.name, False))
             if row is not None:
-                rows.append({k: v for k, v in row.items() if k not in ("curve", "parity")})
-        report["rows"] = rows
+                rows.append(row)
+        report["rows"] = [_public(row) for row in rows]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
@@ -301,7 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     base, full_row = done[("SASRec (ID only)", False)], done[("full model", False)]
     base_ndcg, full_ndcg = base["masked"]["ndcg@10"], full_row["masked"]["ndcg@10"]
     gain = full_ndcg / base_ndcg - 1 if base_ndcg > 0 else float("inf")
-    print(f"\nfull vs ID-only SASRec, masked test NDCG@10: {gain:+.1%}")
+    paired = {
+        metric: _paired(full_row, base, metric) for metric in ("masked_ndcg@10", "unmasked_ndcg@10")
+    }
+    print(f"\nfull vs ID-only SASRec, masked test NDCG@10: {_shown(paired['masked_ndcg@10'])}")
+    print(f"full vs ID-only SASRec, unmasked test NDCG@10: {_shown(paired['unmasked_ndcg@10'])}")
+    report["full_vs_sasrec_paired_bootstrap"] = paired
     curves = {"SASRec (ID only)": base["curve"], "full model": full_row["curve"]}
     report["full_vs_sasrec_masked_ndcg@10_gain"] = gain
     report["train_seconds"] = full_row["train_seconds"]
@@ -321,15 +367,16 @@ def main(argv: list[str] | None = None) -> int:
             done[("full model", True)],
         ]
         for row in cold_rows:
+            low, high = row["ci95"]["masked_recall@20"]
             print(
                 f"{row['model']:20s} recall@10 {row['masked']['recall@10']:.4f}  recall@20 "
-                f"{row['masked']['recall@20']:.4f}  ndcg@10 {row['masked']['ndcg@10']:.4f}"
-                " (masked)"
+                f"{row['masked']['recall@20']:.4f} (95% CI {low:.4f}-{high:.4f})  ndcg@10 "
+                f"{row['masked']['ndcg@10']:.4f} (masked)"
             )
         base_recall = cold_rows[1]["masked"]["recall@20"]
         full_recall = cold_rows[2]["masked"]["recall@20"]
         ratio = full_recall / base_recall if base_recall > 0 else None  # JSON has no inf
-        report["cold_start"] = cold_rows
+        report["cold_start"] = [_public(row) for row in cold_rows]
         report["cold_start_recall@20_ratio"] = ratio
         shown = "n/a (ID-only recall is 0)" if ratio is None else f"{ratio:.1f}x"
         print(f"cold-start recall@20, full / ID-only: {shown}")

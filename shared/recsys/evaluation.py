@@ -18,6 +18,8 @@ comparable. Protocol:
 Metrics per k: ``recall@k`` (hit rate; one target per user), ``ndcg@k`` (1/log2(rank+2)),
 ``mrr@k`` (1/(rank+1) when rank < k, else 0), ``coverage@k`` (distinct items over all
 evaluated users' top-k lists / catalogue size), plus ``users`` (how many were evaluated).
+``evaluate_ranks`` keeps each user's rank too, for bootstrap intervals (``bootstrap_ci``)
+and paired comparisons of two models on the same users (``paired_gain``).
 """
 
 from __future__ import annotations
@@ -142,6 +144,15 @@ def _default_batch_size(n_items: int) -> int:
     return max(1, min(1024, (1 << 24) // max(n_items, 1)))
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics per mode, and each evaluated user's target rank per mode (0 = first), in
+    the order of ``Split.users(stage)``: what per-user metrics and intervals are made of."""
+
+    metrics: dict[str, dict[str, float]]
+    ranks: dict[str, np.ndarray]
+
+
 def evaluate(
     score_fn: ScoreFn,
     split: Split,
@@ -150,6 +161,17 @@ def evaluate(
     batch_size: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Score every evaluated user against the full catalogue; {"masked"|"unmasked": metrics}."""
+    return evaluate_ranks(score_fn, split, stage, ks, batch_size).metrics
+
+
+def evaluate_ranks(
+    score_fn: ScoreFn,
+    split: Split,
+    stage: Stage = "valid",
+    ks: Sequence[int] = (10, 20),
+    batch_size: int | None = None,
+) -> Evaluation:
+    """:func:`evaluate`, keeping each user's target rank as well."""
     if stage not in ("valid", "test"):
         raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
     ks = sorted({int(k) for k in ks})
@@ -194,18 +216,96 @@ def evaluate(
                         chosen = chosen[np.isfinite(np.take_along_axis(ranked, chosen, axis=1))]
                     covered[mode][k][chosen.ravel()] = True
     result: dict[str, dict[str, float]] = {}
+    all_ranks: dict[str, np.ndarray] = {}
     for mode in modes:
         rank = np.concatenate(ranks[mode]) if ranks[mode] else np.zeros(0, dtype=np.int64)
         metrics: dict[str, float] = {"users": float(len(rank))}
         for k in ks:
-            hit = rank < k
-            metrics[f"recall@{k}"] = _mean(hit.astype(np.float64))
-            metrics[f"ndcg@{k}"] = _mean(np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0))
-            metrics[f"mrr@{k}"] = _mean(np.where(hit, 1.0 / (rank + 1.0), 0.0))
+            metrics[f"recall@{k}"] = _mean(recall_at(rank, k))
+            metrics[f"ndcg@{k}"] = _mean(ndcg_at(rank, k))
+            metrics[f"mrr@{k}"] = _mean(np.where(rank < k, 1.0 / (rank + 1.0), 0.0))
             metrics[f"coverage@{k}"] = float(covered[mode][k].sum() / max(n_items, 1))
         result[mode] = metrics
+        all_ranks[mode] = rank
     log.info("evaluated", extra={"stage": stage, "users": len(users), "items": n_items})
-    return result
+    return Evaluation(metrics=result, ranks=all_ranks)
+
+
+def recall_at(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-user Recall@k (one target each: a hit or not), float64."""
+    return (np.asarray(ranks) < k).astype(np.float64)
+
+
+def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-user NDCG@k of one target at ``ranks`` (0 = first), float64."""
+    rank = np.asarray(ranks, dtype=np.float64)
+    return np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
+
+
+def bootstrap_ci(
+    values: np.ndarray, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-user ``values`` (users resampled
+    with replacement): how far a metric could move on another draw of users."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return (float(low), float(high))
+
+
+@dataclass(frozen=True)
+class PairedGain:
+    """``model`` against ``baseline`` on the same users: relative gain of the mean metric,
+    its bootstrap interval, and the share of resamples in which the model leads."""
+
+    gain: float
+    ci_low: float
+    ci_high: float
+    share_ahead: float
+    users: int
+
+    def as_dict(self) -> dict[str, float | list[float]]:
+        return {
+            "gain": self.gain,
+            "ci95": [self.ci_low, self.ci_high],
+            "share_of_resamples_ahead": self.share_ahead,
+            "users": float(self.users),
+        }
+
+
+def paired_gain(
+    model: np.ndarray,
+    baseline: np.ndarray,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> PairedGain:
+    """Paired bootstrap of mean(model) / mean(baseline) - 1 over the same users (one index
+    draw per resample serves both, so what the users share cancels out)."""
+    model = np.asarray(model, dtype=np.float64)
+    baseline = np.asarray(baseline, dtype=np.float64)
+    if model.shape != baseline.shape or model.ndim != 1 or len(model) == 0:
+        raise ValueError("paired_gain needs two equal, non-empty 1-d arrays of per-user values")
+    if baseline.mean() <= 0:
+        raise ValueError("the baseline's mean is 0: a relative gain is undefined")
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(model), (resamples, len(model)))
+    model_means, base_means = model[index].mean(axis=1), baseline[index].mean(axis=1)
+    defined = base_means > 0
+    gains = model_means[defined] / base_means[defined] - 1.0
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(gains, [tail, 100 - tail])
+    return PairedGain(
+        gain=float(model.mean() / baseline.mean() - 1.0),
+        ci_low=float(low),
+        ci_high=float(high),
+        share_ahead=float((model_means > base_means).mean()),
+        users=len(model),
+    )
 
 
 def _mean(values: np.ndarray) -> float:

@@ -7,7 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from recsys.evaluation import ScoreFn, Split, evaluate, flatten_metrics, leave_one_out
+from recsys.evaluation import (
+    ScoreFn,
+    Split,
+    bootstrap_ci,
+    evaluate,
+    evaluate_ranks,
+    flatten_metrics,
+    leave_one_out,
+    ndcg_at,
+    paired_gain,
+    recall_at,
+)
 
 CATALOGUE = ["a", "b", "c", "d", "e"]
 
@@ -144,3 +155,73 @@ def test_bad_inputs_are_refused() -> None:
 def test_flatten_metrics_names() -> None:
     flat = flatten_metrics("test", {"masked": {"ndcg@10": 0.5}, "unmasked": {"ndcg@10": 0.25}})
     assert flat == {"test_masked_ndcg@10": 0.5, "test_unmasked_ndcg@10": 0.25}
+
+
+def random_split_and_scores(seed: int) -> tuple[Split, ScoreFn]:
+    rng = np.random.default_rng(seed)
+    items = [f"i{i}" for i in range(30)]
+    interactions = [
+        (f"u{u}", items[int(rng.integers(30))], float(t)) for u in range(40) for t in range(6)
+    ]
+    split = leave_one_out(interactions, items)
+    table = {uid: rng.normal(size=30).tolist() for uid in split.user_ids}
+    return split, fixed_scores(split, table)
+
+
+def test_per_user_ranks_rebuild_the_metrics() -> None:
+    split, score = random_split_and_scores(1)
+    result = evaluate_ranks(score, split, "test", ks=(1, 10))
+    assert result.metrics == evaluate(score, split, "test", ks=(1, 10))
+    for mode in ("masked", "unmasked"):
+        ranks = result.ranks[mode]
+        assert len(ranks) == len(split.users("test"))
+        assert ndcg_at(ranks, 10).mean() == pytest.approx(result.metrics[mode]["ndcg@10"])
+        assert recall_at(ranks, 1).mean() == pytest.approx(result.metrics[mode]["recall@1"])
+    # masking can only move a target up
+    assert (result.ranks["masked"] <= result.ranks["unmasked"]).all()
+
+
+def test_ndcg_at_by_hand() -> None:
+    expected = [1.0, 1 / math.log2(3), 1 / math.log2(11), 0.0]
+    np.testing.assert_allclose(ndcg_at(np.array([0, 1, 9, 10]), 10), expected)
+
+
+def test_bootstrap_interval_holds_the_mean_and_narrows_with_users() -> None:
+    rng = np.random.default_rng(0)
+    few, many = rng.random(50), rng.random(5000)
+    low, high = bootstrap_ci(few)
+    assert low < few.mean() < high
+    many_low, many_high = bootstrap_ci(many)
+    assert many_low < many.mean() < many_high
+    assert many_high - many_low < (high - low) / 5
+    assert bootstrap_ci(few, seed=3) == bootstrap_ci(few, seed=3)
+    assert bootstrap_ci(np.full(10, 0.25)) == (0.25, 0.25)
+
+
+def test_paired_gain_sees_a_small_lead_that_unpaired_intervals_miss() -> None:
+    rng = np.random.default_rng(0)
+    baseline = rng.random(2000)
+    model = baseline * 1.05  # 5% ahead on every user
+    paired = paired_gain(model, baseline)
+    assert paired.gain == pytest.approx(0.05)
+    assert paired.ci_low == pytest.approx(0.05) and paired.ci_high == pytest.approx(0.05)
+    assert paired.share_ahead == 1.0
+    # the unpaired intervals of the two means overlap
+    assert bootstrap_ci(model)[0] < bootstrap_ci(baseline)[1]
+
+
+def test_paired_gain_of_noise_straddles_zero() -> None:
+    rng = np.random.default_rng(1)
+    baseline, model = rng.random(1000), rng.random(1000)
+    paired = paired_gain(model, baseline)
+    assert paired.ci_low < 0 < paired.ci_high  # two draws of one distribution
+    assert paired.ci_low < paired.gain < paired.ci_high
+    assert 0 < paired.share_ahead < 1
+    assert paired.as_dict()["ci95"] == [paired.ci_low, paired.ci_high]
+
+
+def test_paired_gain_refuses_what_it_cannot_compare() -> None:
+    with pytest.raises(ValueError, match="equal"):
+        paired_gain(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="mean is 0"):
+        paired_gain(np.ones(3), np.zeros(3))
