@@ -135,13 +135,14 @@ def _model_row(name: str, result: TrainResult, data: InteractionData) -> dict[st
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'model':34s} " + " ".join(f"{m:>11s}" for m in METRICS) + "  ndcg@10 95% CI"
+    width = max(len(row["model"]) for row in rows)
+    header = f"{'model':{width}s} " + " ".join(f"{m:>11s}" for m in METRICS) + "  ndcg@10 95% CI"
     for mode in ("masked", "unmasked"):
         print(f"\n{mode} (test, full ranking)\n{header}")
         for row in rows:
             values = " ".join(f"{row[mode][m]:11.4f}" for m in METRICS)
             low, high = row["ci95"][f"{mode}_ndcg@10"]
-            print(f"{row['model']:34s} {values}  {low:.4f}-{high:.4f}")
+            print(f"{row['model']:{width}s} {values}  {low:.4f}-{high:.4f}")
 
 
 def _paired(model: dict[str, Any], baseline: dict[str, Any], metric: str) -> dict[str, Any]:
