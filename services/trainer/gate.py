@@ -5,7 +5,9 @@ validation split, built from the interaction snapshot the candidate was trained 
 their exported ONNX towers (the files inference would load). The figure compared is
 masked NDCG@10 on the validation targets; the candidate is promoted unless it falls below
 the serving version's by more than ``tolerance`` (absolute). The test targets play no part
-in the decision, so the test figures in the manifest stay an unbiased report.
+in the decision, so the test figures in the manifest stay an unbiased report. Beside the
+decision, the record keeps a paired bootstrap of the two versions on the same users (the
+relative gain and its 95% interval), so an operator can tell a real change from noise.
 
 Items the serving version was not trained on are handled as serving handles them: given
 the catalogue's text vectors (and the same text encoder), they get vectors from the
@@ -18,12 +20,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from recsys.artifacts import GateRecord, LoadedVersion
-from recsys.evaluation import evaluate
+from recsys.evaluation import PairedGain, evaluate_ranks, ndcg_at, paired_gain
 from recsys.events import InteractionEvent, ItemEvent
 from recsys.model.onnx_runtime import OnnxItemEncoder, OnnxUserEncoder
 from services.trainer.pipeline import EVAL_BATCH_USERS, EvalData, OnnxScorer, prepare_interactions
@@ -45,6 +47,7 @@ class Score:
     ndcg: float
     users: int
     unknown_items: int  # catalogue items the version was not trained on
+    per_user: np.ndarray = field(compare=False, repr=False)  # NDCG@10 of each user, in order
 
 
 def decide(
@@ -53,8 +56,10 @@ def decide(
     serving_version: str | None,
     tolerance: float,
     users: int,
+    paired: PairedGain | None = None,
 ) -> GateDecision:
-    """Promote unless the candidate is below the serving figure by more than ``tolerance``."""
+    """Promote unless the candidate is below the serving figure by more than ``tolerance``.
+    ``paired`` (the two versions on the same users) is recorded and reported, not decided on."""
     record = GateRecord(
         metric=METRIC,
         candidate=candidate,
@@ -63,10 +68,17 @@ def decide(
         tolerance=tolerance,
         users=users,
         decided_at=time.time(),
+        paired_gain=paired.gain if paired else None,
+        paired_ci95=[paired.ci_low, paired.ci_high] if paired else None,
     )
     if serving is None:
         return GateDecision(True, "no serving version to compare with", record)
     figures = f"{METRIC} {candidate:.4f} vs {serving:.4f} of {serving_version}"
+    if paired is not None:
+        figures += (
+            f" ({paired.gain:+.1%}, paired 95% interval {paired.ci_low:+.1%} to "
+            f"{paired.ci_high:+.1%})"
+        )
     if candidate < serving - tolerance:
         return GateDecision(False, f"{figures}: below by more than {tolerance:g}", record)
     return GateDecision(True, f"{figures}: within tolerance {tolerance:g}", record)
@@ -93,11 +105,24 @@ def score_version(
         unknown = np.zeros_like(unknown)
     user_encoder = OnnxUserEncoder(version.onnx_path, prefer_cuda=True)
     scorer = OnnxScorer(data, vectors, user_encoder, unranked=unknown)
-    results = evaluate(
+    results = evaluate_ranks(
         scorer.score_fn("valid"), data.split, "valid", ks=(10,), batch_size=EVAL_BATCH_USERS
     )
-    masked = results["masked"]
-    return Score(masked["ndcg@10"], int(masked["users"]), int((own < 0).sum()))
+    masked = results.metrics["masked"]
+    return Score(
+        masked["ndcg@10"],
+        int(masked["users"]),
+        int((own < 0).sum()),
+        per_user=ndcg_at(results.ranks["masked"], 10),
+    )
+
+
+def _paired(candidate: Score, serving: Score | None) -> PairedGain | None:
+    """The candidate against the serving version on the same users; None when the serving
+    version scores 0 (a relative gain is undefined) or there is nothing to compare."""
+    if serving is None or not len(serving.per_user) or serving.per_user.mean() <= 0:
+        return None
+    return paired_gain(candidate.per_user, serving.per_user)
 
 
 def run_gate(
@@ -128,6 +153,7 @@ def run_gate(
         serving.version if serving else None,
         tolerance,
         mine.users,
+        _paired(mine, theirs),
     )
     log.info(
         "gate evaluated",
@@ -138,6 +164,8 @@ def run_gate(
             "serving_ndcg": theirs.ndcg if theirs else None,
             "serving_unknown_items": theirs.unknown_items if theirs else None,
             "tolerance": tolerance,
+            "paired_gain": decision.record.paired_gain,
+            "paired_ci95": decision.record.paired_ci95,
             "users": mine.users,
             "promote": decision.promote,
             "seconds": round(time.perf_counter() - started, 3),

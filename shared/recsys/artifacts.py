@@ -102,6 +102,12 @@ class GateRecord(BaseModel):
     tolerance: float = Field(ge=0)
     users: int = Field(0, ge=0, description="users evaluated")
     decided_at: float
+    paired_gain: float | None = Field(
+        None, description="candidate / serving - 1 on the metric, over the same users"
+    )
+    paired_ci95: list[float] | None = Field(
+        None, description="95% paired bootstrap interval of paired_gain (users resampled)"
+    )
 
 
 class Manifest(BaseModel):

@@ -124,6 +124,12 @@ def test_a_model_trained_on_shuffled_labels_is_rejected(scenario: Scenario) -> N
     assert record.serving_version == "v1" and record.serving is not None
     assert record.candidate < record.serving - TOLERANCE
     assert record.serving == pytest.approx(serving.manifest.metrics["valid_masked_ndcg@10"])
+    # the paired figure is the same comparison, user by user
+    assert record.paired_gain == pytest.approx(record.candidate / record.serving - 1)
+    assert record.paired_ci95 is not None
+    low, high = record.paired_ci95
+    assert low <= record.paired_gain <= high and low < 0
+    assert "paired 95% interval" in decision.reason
     assert scenario.apply(RunResult(bad, decision)) == "rejected"
 
     manifest = store.manifest(bad.version)
@@ -148,6 +154,9 @@ def test_a_properly_trained_model_is_promoted(scenario: Scenario) -> None:
     assert result.trained.warm_start is not None and result.trained.warm_start.reused
     assert result.decision.promote, result.decision.reason
     assert result.decision.record.serving_version == "v1"  # not the rejected one
+    gate = result.decision.record
+    assert gate.paired_ci95 is not None and gate.paired_gain is not None
+    assert gate.paired_ci95[0] <= gate.paired_gain <= gate.paired_ci95[1]
     sent_before = len(scenario.producer.sent)
     assert scenario.apply(result) == "promoted"
 
@@ -170,6 +179,7 @@ def test_decide_compares_within_the_tolerance(
     assert decision.promote is promote
     assert decision.record.candidate == candidate and decision.record.serving == serving
     assert decide(0.0, None, None, 0.05, 0).promote
+    assert decision.record.paired_gain is None and decision.record.paired_ci95 is None
 
 
 def test_items_unknown_to_the_serving_model(tmp_path: Path, scenario: Scenario) -> None:
