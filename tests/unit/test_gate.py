@@ -126,7 +126,7 @@ def test_a_model_trained_on_shuffled_labels_is_rejected(scenario: Scenario) -> N
     assert record.serving == pytest.approx(serving.manifest.metrics["valid_masked_ndcg@10"])
     # the paired figure is the same comparison, user by user
     assert record.paired_gain == pytest.approx(record.candidate / record.serving - 1)
-    assert record.paired_ci95 is not None
+    assert record.paired_ci95 is not None and record.paired_gain is not None
     low, high = record.paired_ci95
     assert low <= record.paired_gain <= high and low < 0
     assert "paired 95% interval" in decision.reason
