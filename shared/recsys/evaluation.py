@@ -250,11 +250,27 @@ def bootstrap_ci(
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
         return (0.0, 0.0)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
+    (means,) = _resampled_means([values], resamples, seed)
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return (float(low), float(high))
+
+
+_RESAMPLE_CELLS = 1 << 22  # indices drawn at once: 32 MB, whatever the number of users
+
+
+def _resampled_means(columns: list[np.ndarray], resamples: int, seed: int) -> list[np.ndarray]:
+    """Mean of each equal-length column over ``resamples`` bootstrap draws of its rows (one
+    draw of row indices serves every column), in chunks so memory stays bounded."""
+    rng = np.random.default_rng(seed)
+    n = len(columns[0])
+    chunk = max(1, _RESAMPLE_CELLS // n)
+    means: list[list[np.ndarray]] = [[] for _ in columns]
+    for start in range(0, resamples, chunk):
+        index = rng.integers(0, n, (min(chunk, resamples - start), n))
+        for column, out in zip(columns, means, strict=True):
+            out.append(column[index].mean(axis=1))
+    return [np.concatenate(parts) for parts in means]
 
 
 @dataclass(frozen=True)
@@ -292,9 +308,7 @@ def paired_gain(
         raise ValueError("paired_gain needs two equal, non-empty 1-d arrays of per-user values")
     if baseline.mean() <= 0:
         raise ValueError("the baseline's mean is 0: a relative gain is undefined")
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(model), (resamples, len(model)))
-    model_means, base_means = model[index].mean(axis=1), baseline[index].mean(axis=1)
+    model_means, base_means = _resampled_means([model, baseline], resamples, seed)
     defined = base_means > 0
     gains = model_means[defined] / base_means[defined] - 1.0
     tail = (1.0 - level) / 2 * 100

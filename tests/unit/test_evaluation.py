@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from recsys import evaluation
 from recsys.evaluation import (
     ScoreFn,
     Split,
@@ -225,3 +226,11 @@ def test_paired_gain_refuses_what_it_cannot_compare() -> None:
         paired_gain(np.ones(3), np.ones(4))
     with pytest.raises(ValueError, match="mean is 0"):
         paired_gain(np.ones(3), np.zeros(3))
+
+
+def test_intervals_do_not_depend_on_the_resampling_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(2)
+    baseline, model = rng.random(300), rng.random(300)
+    whole = (bootstrap_ci(model), paired_gain(model, baseline))
+    monkeypatch.setattr(evaluation, "_RESAMPLE_CELLS", 300 * 7)  # 7 resamples per chunk
+    assert (bootstrap_ci(model), paired_gain(model, baseline)) == whole
