@@ -251,8 +251,13 @@ def bootstrap_ci(
     if len(values) == 0:
         return (0.0, 0.0)
     (means,) = _resampled_means([values], resamples, seed)
+    return _percentile_interval(means, level)
+
+
+def _percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` share of bootstrap ``samples``: (low, high)."""
     tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
+    low, high = np.percentile(samples, [tail, 100 - tail])
     return (float(low), float(high))
 
 
@@ -310,9 +315,7 @@ def paired_gain(
         raise ValueError("the baseline's mean is 0: a relative gain is undefined")
     model_means, base_means = _resampled_means([model, baseline], resamples, seed)
     defined = base_means > 0
-    gains = model_means[defined] / base_means[defined] - 1.0
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(gains, [tail, 100 - tail])
+    low, high = _percentile_interval(model_means[defined] / base_means[defined] - 1.0, level)
     return PairedGain(
         gain=float(model.mean() / baseline.mean() - 1.0),
         ci_low=float(low),
