@@ -10,7 +10,9 @@ numpy out; on CUDA that includes the copies to and from the GPU (onnxruntime thr
 binding). Needs no broker: ``bench/streaming.py`` measures the pipeline around it.
 
 Writes ``bench/results/inference.json``: per device, ``onnx_vs_torch_speedup`` per batch
-size; with a GPU, ``cuda_vs_cpu`` (CPU time / CUDA time) for each engine.
+size; ``cpu_ms_by_operator``, each engine's time on one full-length batch by kind of
+operator (matrix products, GELU, layer norm, softmax, the rest), from each engine's own
+profiler; with a GPU, ``cuda_vs_cpu`` (CPU time / CUDA time) for each engine.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import torch
 
 from recsys.hostinfo import machine_summary
 from recsys.model.contrastive import ContrastiveConfig, UserTower
+from recsys.model.engine_profile import onnx_breakdown, torch_breakdown
 from recsys.model.engine_timing import EngineTimer
 from recsys.model.onnx_runtime import export_user_encoder
+from recsys.model.user_encoder import INPUT_EVENT_TYPES, INPUT_ITEM_VECTORS
 
 RESULTS = Path(__file__).parent / "results" / "inference.json"
 
@@ -42,8 +46,10 @@ def measure(
     length_batch: int,
     threads: int,
     repeats: int,
+    profile_batch: int,
 ) -> dict[str, Any]:
-    """Both engines on one device: full-length batches, then one batch across lengths."""
+    """Both engines on one device: full-length batches, then one batch across lengths;
+    on CPU, where each engine's time goes on one full-length batch (``profile_batch``)."""
     torch.manual_seed(0)
     timer = EngineTimer(onnx_path, UserTower(config), device, threads, repeats)
     rng = np.random.default_rng(0)
@@ -55,12 +61,22 @@ def measure(
     for length in lengths:
         row = timer.row(length_batch, [timer.random_batch(rng, length_batch, length)])
         by_length.append({"length": length, **row})
+    by_operator = None
+    if device == "cpu" and profile_batch > 0:
+        vectors, types = timer.random_batch(rng, profile_batch, config.max_len)
+        inputs = {INPUT_ITEM_VECTORS: vectors, INPUT_EVENT_TYPES: types}
+        by_operator = {
+            "batch": profile_batch,
+            "onnx_ms": onnx_breakdown(onnx_path, inputs, threads, runs=repeats),
+            "torch_eager_ms": torch_breakdown(timer.module, vectors, types, runs=repeats),
+        }
     return {
         "providers": timer.encoder.providers,
         "io_binding": timer.encoder.io_binding,
         "threads": threads if device == "cpu" else None,
         "by_batch": by_batch,
         "by_length": by_length,
+        "by_operator": by_operator,
         "onnx_vs_torch_speedup": {f"batch_{row['batch']}": row["speedup"] for row in by_batch},
     }
 
@@ -86,6 +102,12 @@ def main() -> None:
     parser.add_argument("--length-batch", type=int, default=64, help="batch for --lengths")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each engine")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs; median kept")
+    parser.add_argument(
+        "--profile-batch",
+        type=int,
+        default=64,
+        help="full-length batch whose CPU time is broken down by operator (0: none)",
+    )
     parser.add_argument("--config", default="{}", help="ContrastiveConfig overrides, JSON")
     parser.add_argument(
         "--devices", default="auto", help="cpu, cuda or both (comma-separated); auto: cuda if any"
@@ -117,6 +139,7 @@ def main() -> None:
                 args.length_batch,
                 args.threads,
                 args.repeats,
+                args.profile_batch,
             )
             for device in devices
         }
@@ -132,6 +155,8 @@ def main() -> None:
             device: result["onnx_vs_torch_speedup"] for device, result in results.items()
         },
     }
+    if results.get("cpu", {}).get("by_operator"):
+        summary["cpu_ms_by_operator"] = results["cpu"]["by_operator"]
     if "cpu" in results and "cuda" in results:
         summary["cuda_vs_cpu"] = cuda_vs_cpu(results["cpu"], results["cuda"])
     result = {**summary, "devices": results}
