@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys.model.onnx_runtime import CPU_PROVIDER, session_options
+
 MATRIX_PRODUCTS = "matrix_products"
 GELU = "gelu"
 LAYER_NORM = "layer_norm"
@@ -57,14 +59,11 @@ def onnx_breakdown(
     if runs < 1:
         raise ValueError("runs must be positive")
     with tempfile.TemporaryDirectory(prefix="recsys-onnx-profile-") as work:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options = session_options(threads)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(work) / "profile")
         session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+            str(onnx_path), sess_options=options, providers=[CPU_PROVIDER]
         )
         for _ in range(runs + 1):
             session.run(None, inputs)

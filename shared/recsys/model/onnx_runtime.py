@@ -151,8 +151,9 @@ def nvidia_driver_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
 
 
-def _session(path: Path, prefer_cuda: bool, intra_op_threads: int) -> tuple[Any, list[str]]:
-    """An onnxruntime session and the providers it really uses."""
+def session_options(intra_op_threads: int) -> Any:
+    """The options every session here runs with: ``intra_op_threads``, one inter-op thread,
+    and errors only in onnxruntime's own log."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -161,6 +162,14 @@ def _session(path: Path, prefer_cuda: bool, intra_op_threads: int) -> tuple[Any,
     # A GPU build on a machine without CUDA logs the failed provider load as an error
     # and falls back to CPU; we report what is really used instead.
     options.log_severity_level = 3
+    return options
+
+
+def _session(path: Path, prefer_cuda: bool, intra_op_threads: int) -> tuple[Any, list[str]]:
+    """An onnxruntime session and the providers it really uses."""
+    import onnxruntime as ort
+
+    options = session_options(intra_op_threads)
     requested = choose_providers(prefer_cuda)
     session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
     providers = list(session.get_providers())
